@@ -1,0 +1,73 @@
+"""Side-by-side benchmark harness: ours and the peer in one run, ratios and peak RSS.
+
+Each contender runs in its own fresh process (spawned interpreter or external
+command) so its peak RSS is its own and not the harness's.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    peak_rss: int  # bytes
+    nbytes: int = 0
+    extra: Any = None
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / self.seconds / 1e6 if self.seconds and self.nbytes else 0.0
+
+
+def _child(fn: Callable, args: tuple, queue: mp.Queue) -> None:
+    t0 = time.perf_counter()
+    extra = fn(*args)
+    elapsed = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    queue.put((elapsed, rss, extra))
+
+
+def run_python(name: str, fn: Callable, *args: Any, nbytes: int = 0) -> Result:
+    """Run ``fn(*args)`` in a spawned interpreter; time excludes interpreter start."""
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, args, queue))
+    proc.start()
+    elapsed, rss, extra = queue.get()
+    proc.join()
+    if proc.exitcode:
+        raise RuntimeError(f"{name} exited with {proc.exitcode}")
+    return Result(name, elapsed, rss, nbytes, extra)
+
+
+def run_command(name: str, argv: Sequence[str] | str, *, nbytes: int = 0, shell: bool = False,
+                stdin: Any = None, stdout: Any = subprocess.DEVNULL) -> Result:
+    """Run an external command; peak RSS is the largest of the command's processes."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, shell=shell, stdin=stdin, stdout=stdout)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{name} failed with status {status}")
+    return Result(name, elapsed, usage.ru_maxrss * 1024, nbytes)
+
+
+def report(title: str, results: Sequence[Result], baseline: str | None = None) -> str:
+    """Print a table; ratios are speed relative to ``baseline`` (default: the last row)."""
+    base = next((r for r in results if r.name == baseline), results[-1])
+    lines = [f"## {title}", f"{'contender':40} {'seconds':>9} {'MB/s':>9} {'peak RSS MiB':>13} {'speed vs ' + base.name:>20}"]
+    for r in results:
+        ratio = base.seconds / r.seconds if r.seconds else float("inf")
+        lines.append(f"{r.name:40} {r.seconds:9.3f} {r.mb_per_s:9.1f} {r.peak_rss / 2**20:13.1f} {ratio:19.2f}x")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
