@@ -29,7 +29,9 @@ def apply_home_env() -> None:
     Must run before ``import prefect`` because Prefect reads its settings once.
     """
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
-        os.environ["PREFECT_HOME"] = str(ingest_home() / "prefect")
+        prefect_home = ingest_home() / "prefect"
+        prefect_home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(prefect_home)
     # No network here, and analytics would only add latency to every start.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
