@@ -86,3 +86,12 @@ def amqp_url() -> str:
 def unique() -> str:
     """A short unique token for exchange, queue and key names."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect test harness (temporary server + database) for the whole session (~13 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
