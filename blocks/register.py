@@ -1,0 +1,67 @@
+"""Register our block types and save the default documents that point at embedded resources.
+
+Flows load block documents by name (``default`` unless a deployment says
+otherwise). A missing document falls back to the embedded defaults, so a fresh
+checkout can run ``python flows/run.py demo`` before anyone has created a block.
+"""
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from prefect.blocks.core import Block
+
+from blocks.broker import BrokerBlock
+from blocks.keyserver import KeyserverBlock
+from blocks.registry import RegistryBlock
+from blocks.vault import VaultBlock
+
+BLOCK_TYPES: list[type[Block]] = [VaultBlock, RegistryBlock, BrokerBlock, KeyserverBlock]
+DEFAULT_NAME = "default"
+
+B = TypeVar("B", bound=Block)
+
+
+def register_block_types() -> None:
+    for block_type in BLOCK_TYPES:
+        block_type.register_type_and_schema()
+
+
+def load_block(block_type: type[B], name: str = DEFAULT_NAME) -> B:
+    """The named document, or the embedded default when it does not exist."""
+    try:
+        return block_type.load(name)
+    except ValueError:
+        if name != DEFAULT_NAME:
+            raise  # a deployment that names a missing document is misconfigured: say so
+        return block_type()
+
+
+def save_defaults(documents: dict[type[Block], Block] | None = None, *, overwrite: bool = False,
+                  name: str = DEFAULT_NAME) -> dict[str, str]:
+    """Save one document per block type; existing documents are kept unless ``overwrite``."""
+    register_block_types()
+    documents = documents or {}
+    saved: dict[str, str] = {}
+    for block_type in BLOCK_TYPES:
+        doc = documents.get(block_type) or block_type()
+        exists = _exists(block_type, name)
+        if exists and not overwrite:
+            saved[block_type.get_block_type_slug()] = "kept"
+            continue
+        doc.save(name, overwrite=True)
+        saved[block_type.get_block_type_slug()] = "saved"
+    return saved
+
+
+def _exists(block_type: type[Block], name: str) -> bool:
+    try:
+        block_type.load(name)
+    except ValueError:
+        return False
+    return True
+
+
+def describe(block: Block) -> dict[str, Any]:
+    """A printable view of a block: secrets stay masked by pydantic's SecretStr."""
+    return {k: (str(v) if v is not None else None) for k, v in block.model_dump().items()
+            if not k.startswith("_")}

@@ -1,0 +1,176 @@
+"""Subcommands of the local CLI; each domain package adds its own ``register(sub)``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from flows.cli_common import emit
+
+log = logging.getLogger("archive-ingest")
+
+
+# ---------------------------------------------------------------- init
+
+def init_home(*, registry_dsn: str | None = None, amqp_url: str | None = None, webhook_url: str | None = None,
+              s3_bucket: str | None = None, s3_endpoint: str | None = None, overwrite: bool = False,
+              passphrase: str | None = None) -> dict[str, Any]:
+    """Create INGEST_HOME, the archive keys, the registry schema and the default block documents."""
+    from pydantic import SecretStr
+
+    from blocks.broker import BrokerBlock
+    from blocks.keyserver import KeyserverBlock
+    from blocks.register import save_defaults
+    from blocks.registry import RegistryBlock
+    from blocks.vault import VaultBlock
+    from tasks.home import SUBDIRS, home_path, ingest_home
+    from tasks.registry import open_registry
+
+    for name in SUBDIRS:
+        home_path(name)
+    keys = _ensure_keys(home_path("keys"), passphrase)
+    registry = open_registry(registry_dsn)
+    registry.close()
+    vault = VaultBlock.for_s3(s3_bucket, endpoint_url=s3_endpoint) if s3_bucket else VaultBlock()
+    documents = {
+        VaultBlock: vault,
+        RegistryBlock: RegistryBlock(dsn=SecretStr(registry_dsn) if registry_dsn else None),
+        BrokerBlock: BrokerBlock(amqp_url=SecretStr(amqp_url) if amqp_url else None,
+                                 webhook_url=SecretStr(webhook_url) if webhook_url else None),
+        KeyserverBlock: KeyserverBlock(key_file=keys.get("pgp_private"),
+                                       passphrase=SecretStr(keys["passphrase"]) if keys.get("passphrase") else None,
+                                       c4gh_public_key=keys.get("c4gh_public")),
+    }
+    blocks = save_defaults(documents, overwrite=overwrite)
+    return {"ingest_home": str(ingest_home()), "keys": {k: v for k, v in keys.items() if k != "passphrase"},
+            "blocks": blocks, "registry": "embedded" if not registry_dsn else "external"}
+
+
+def _ensure_keys(keys_dir: Path, passphrase: str | None) -> dict[str, str]:
+    """Archive key pairs, created once; the generated passphrase lives only in the keyserver block and a 0600 file."""
+    import secrets
+
+    from tasks.keys import ensure_c4gh_keypair, ensure_pgp_keypair
+
+    secret_file = keys_dir / "passphrase"
+    if passphrase is None:
+        if secret_file.exists():
+            passphrase = secret_file.read_text().strip()
+        else:
+            passphrase = secrets.token_urlsafe(24)
+            secret_file.touch(mode=0o600)
+            secret_file.write_text(passphrase)
+    pgp_sec, pgp_pub = ensure_pgp_keypair(keys_dir, passphrase)
+    c4gh_pub, c4gh_sec = ensure_c4gh_keypair(keys_dir, passphrase)
+    return {"pgp_private": str(pgp_sec), "pgp_public": str(pgp_pub), "c4gh_public": str(c4gh_pub),
+            "c4gh_private": str(c4gh_sec), "passphrase": passphrase}
+
+
+def _register_init(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="create INGEST_HOME, keys, registry schema and default block documents",
+                       description=init_home.__doc__)
+    p.add_argument("--registry-dsn", help="PostgreSQL DSN (default: embedded server under INGEST_HOME/pg)")
+    p.add_argument("--amqp-url", help="broker for status messages (default: outbox file)")
+    p.add_argument("--webhook-url", help="HTTP endpoint for status messages")
+    p.add_argument("--s3-bucket", help="use an S3 vault in this bucket (default: INGEST_HOME/vault)")
+    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL")
+    p.add_argument("--force", action="store_true", help="overwrite existing block documents")
+    p.set_defaults(handler=lambda a: emit(init_home(
+        registry_dsn=a.registry_dsn, amqp_url=a.amqp_url, webhook_url=a.webhook_url, s3_bucket=a.s3_bucket,
+        s3_endpoint=a.s3_endpoint, overwrite=a.force)))
+
+
+# ---------------------------------------------------------------- outbox
+
+def _outbox(args: argparse.Namespace) -> int:
+    from tasks.notify import Publisher, outbox_path, replay_outbox
+
+    if args.action == "show":
+        path = outbox_path()
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in lines:
+            print(line)
+        emit({"pending": len(lines), "path": str(path)})
+        return 0
+    amqp_url = args.amqp_url
+    if not amqp_url:
+        from blocks.broker import BrokerBlock
+        from blocks.register import load_block
+
+        broker = load_block(BrokerBlock, args.broker)
+        amqp_url = broker.amqp_url.get_secret_value() if broker.amqp_url else None
+    if not amqp_url:
+        print("no broker configured: pass --amqp-url or save a broker block (init --amqp-url)", file=sys.stderr)
+        return 2
+    with Publisher(amqp_url) as publisher:
+        result = replay_outbox(publisher)
+    emit({"delivered": result.delivered, "remaining": result.remaining})
+    return 0 if result.remaining == 0 else 1
+
+
+def _register_outbox(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("outbox", help="show or replay notifications kept while no broker was reachable")
+    p.add_argument("action", choices=["replay", "show"])
+    p.add_argument("--amqp-url", help="broker to deliver to (default: the broker block)")
+    p.add_argument("--broker", default="default", help="broker block document name")
+    p.set_defaults(handler=_outbox)
+
+
+# ---------------------------------------------------------------- demo
+
+DEMO_MODULES = ["flows.ega.demo", "flows.apt.demo", "flows.fits.demo", "flows.nrao.demo"]
+
+
+def available_demos() -> list[Any]:
+    demos = []
+    for name in DEMO_MODULES:
+        try:
+            demos.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that domain flow does not exist yet
+            raise
+    return demos
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flows.cli_common import local_run
+    from tasks.home import ingest_home
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(f"INGEST_HOME = {ingest_home()}", flush=True)
+    init = init_home()
+    print(f"initialised: blocks {init['blocks']}", flush=True)
+    results = {}
+    failed = 0
+    with local_run():
+        for demo in available_demos():
+            domain = demo.__name__.split(".")[1]
+            print(f"--- demo: {domain}", flush=True)
+            try:
+                results[domain] = demo.run_demo()
+            except Exception as exc:  # one domain failing must not hide the others' results
+                failed += 1
+                results[domain] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(results[domain], indent=2, default=str), flush=True)
+    emit({"ingest_home": str(ingest_home()), "results": results})
+    return 1 if failed else 0
+
+
+def _register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="init, then run every domain flow on generated sample input")
+    p.set_defaults(handler=_demo)
+
+
+REGISTRARS = [_register_init, _register_outbox, _register_demo]
+
+for _module in ("flows.ega.cli", "flows.apt.cli", "flows.fits.cli", "flows.nrao.cli", "deployments.cli"):
+    try:
+        REGISTRARS.append(importlib.import_module(_module).register)
+    except ModuleNotFoundError as _exc:
+        if not (_exc.name and _module.startswith(_exc.name)):
+            raise

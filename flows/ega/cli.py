@@ -1,0 +1,91 @@
+"""``python flows/run.py ega`` (one ingest), ``broker setup`` and ``ega-inbox`` (inbox notifications)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flows.cli_common import emit, local_run
+
+EXIT_COMPLETED, EXIT_USER_ERROR, EXIT_SYSTEM_ERROR = 0, 1, 2
+
+
+def run_message(raw: dict, *, correlation_id: str | None = None, config_block: str = "default") -> tuple[int, dict]:
+    """Run one ingest in-process and classify the outcome the way CEGA would."""
+    from flows.ega.flow import failure_summary, ingest_ega_file
+    from flows.ega.messages import EgaMessage, validate_message
+    from tasks.errors import UserError, is_user_error
+
+    try:
+        message = validate_message(raw)
+    except UserError as exc:
+        return EXIT_USER_ERROR, {"stable_id": raw.get("stable_id") if isinstance(raw, dict) else None,
+                                 "state": "ERROR", "vault_uri": None, "checksums": {}, "error": exc.message}
+    try:
+        with local_run():
+            summary = ingest_ega_file(message, correlation_id=correlation_id, config_block=config_block)
+        return EXIT_COMPLETED, summary
+    except Exception as exc:
+        code = EXIT_USER_ERROR if is_user_error(exc) else EXIT_SYSTEM_ERROR
+        return code, failure_summary(message, exc, config_block)
+
+
+def _ega(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.message == "-" else Path(args.message).read_text()
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        emit({"stable_id": None, "state": "ERROR", "vault_uri": None, "checksums": {},
+              "error": f"message is not valid JSON: {exc}"})
+        return EXIT_USER_ERROR
+    code, summary = run_message(raw, correlation_id=args.correlation_id, config_block=args.config)
+    emit(summary)
+    return code
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from flows.ega.topology import setup
+
+    amqp_url = args.amqp_url
+    if not amqp_url:
+        from blocks.broker import BrokerBlock
+        from blocks.register import load_block
+
+        block = load_block(BrokerBlock, args.config)
+        amqp_url = block.amqp_url.get_secret_value() if block.amqp_url else None
+    if not amqp_url:
+        print("no broker configured: pass --amqp-url or run init --amqp-url", file=sys.stderr)
+        return 2
+    emit(setup(amqp_url))
+    return 0
+
+
+def _inbox(args: argparse.Namespace) -> int:
+    from flows.ega.inbox_notify import notify_inbox
+
+    with local_run():
+        emit(notify_inbox(user=args.user, inbox_root=args.inbox_root, config_block=args.config))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ega", help="ingest one EGA upload described by a CEGA message",
+                       description="Prints one JSON line {stable_id, state, vault_uri, checksums, error?}; "
+                                   "exit 0 completed, 1 user error, 2 system error.")
+    p.add_argument("--message", required=True, help="message JSON file, or - for stdin")
+    p.add_argument("--correlation-id", help="carried on every status message")
+    p.add_argument("--config", default="default", help="block document name for vault/registry/broker/keyserver")
+    p.set_defaults(handler=_ega)
+
+    b = sub.add_parser("broker", help="declare the LegaMQ topology (exchanges lega/cega, queues files/archived/qc)")
+    b.add_argument("action", choices=["setup"])
+    b.add_argument("--amqp-url", help="broker URL (default: the broker block)")
+    b.add_argument("--config", default="default")
+    b.set_defaults(handler=_broker)
+
+    i = sub.add_parser("ega-inbox", help="scan inboxes and publish files.inbox / files.inbox.checksums to CEGA")
+    i.add_argument("--user", help="only this user's inbox")
+    i.add_argument("--inbox-root", help="default $INGEST_HOME/inbox")
+    i.add_argument("--config", default="default")
+    i.set_defaults(handler=_inbox)

@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""Local CLI: ``python flows/run.py {init,demo,outbox,broker,ega,...} --help``.
+
+Runs flows in-process against Prefect's ephemeral API (or PREFECT_API_URL when
+set), with every embedded default under INGEST_HOME (default ./var).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # running as a script puts flows/ first on sys.path, not the project
+    sys.path.insert(0, str(ROOT))
+if sys.path[1:2] and Path(sys.path[0]).resolve() == ROOT / "flows":
+    sys.path.pop(0)  # never let flows/ shadow top-level packages
+
+import tasks  # noqa: E402,F401  (INGEST_HOME → PREFECT_HOME before Prefect loads)
+from flows import commands  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python flows/run.py",
+        description="Archive ingest: run flows locally with embedded defaults under $INGEST_HOME (default ./var).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in commands.REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
