@@ -1,0 +1,47 @@
+"""``python flows/run.py listen``: run the queue → run bridge until SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from flows.cli_common import emit
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from deployments.listen import Listener, build_adapter
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    amqp_url = args.amqp_url
+    if not amqp_url:
+        from blocks.broker import BrokerBlock
+        from blocks.register import load_block
+
+        block = load_block(BrokerBlock, args.config)
+        amqp_url = block.amqp_url.get_secret_value() if block.amqp_url else None
+    if not amqp_url:
+        print("no broker configured: pass --amqp-url or save a broker block", file=sys.stderr)
+        return 2
+    kind = args.adapter or ("ega" if args.queue == "files" else "json")
+    listener = Listener(amqp_url, args.queue, args.deployment, build_adapter(kind, config_block=args.config,
+                                                                              parameter=args.parameter),
+                        concurrency=args.concurrency, emit_events=not args.no_events)
+    listener.install_signal_handlers()
+    stats = listener.run()
+    emit({"accepted": stats.accepted, "rejected": stats.rejected, "requeued": stats.requeued})
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("listen", help="consume a RabbitMQ queue and start one deployment run per message",
+                       description="Acks a message only after its flow run exists; bad messages go to the error "
+                                   "channel; stops gracefully on SIGTERM.")
+    p.add_argument("--queue", required=True, help="queue to consume (EGA: files)")
+    p.add_argument("--deployment", required=True, help="FLOW_NAME/DEPLOYMENT_NAME, e.g. ingest-ega-file/ega")
+    p.add_argument("--adapter", choices=["ega", "json"], help="message mapping (default: ega for 'files')")
+    p.add_argument("--parameter", help="json adapter: pass the message as this one parameter")
+    p.add_argument("--amqp-url", help="broker URL (default: the broker block)")
+    p.add_argument("--config", default="default", help="block document name")
+    p.add_argument("--concurrency", type=int, default=16, help="flow runs created in parallel")
+    p.add_argument("--no-events", action="store_true", help="do not emit ingest.message.accepted events")
+    p.set_defaults(handler=_listen)

@@ -1,0 +1,206 @@
+"""The queue → run bridge: one long-running consumer per queue, one flow run per message.
+
+A message is acked only once its flow run exists (``run_deployment`` with
+``timeout=0`` and an idempotency key derived from the message), so a crash of
+the listener loses nothing: RabbitMQ redelivers, and the same key returns the
+same run instead of a second one. Bad messages are acked and answered on the
+domain's error channel. When the Prefect API is unreachable the message is
+nacked with requeue after a growing pause.
+
+Concurrency: pika's blocking consumer runs in the main thread; run creation
+runs on an asyncio loop in a second thread with a bounded number in flight, and
+acks are handed back to the pika thread with ``add_callback_threadsafe``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+
+from deployments.adapters import Adapter
+from tasks.errors import UserError
+from tasks.notify import connection_parameters, quiet_pika, redact_url
+
+log = logging.getLogger("archive-ingest.listen")
+
+EVENT_NAME = "ingest.message.accepted"
+
+
+@dataclass
+class ListenerStats:
+    accepted: int = 0
+    rejected: int = 0
+    requeued: int = 0
+    in_flight: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Listener:
+    def __init__(self, amqp_url: str, queue: str, deployment: str, adapter: Adapter, *,
+                 concurrency: int = 16, max_backoff: float = 30.0, emit_events: bool = True,
+                 declare_queue: bool = True) -> None:
+        self.amqp_url = amqp_url
+        self.queue = queue
+        self.deployment = deployment
+        self.adapter = adapter
+        self.concurrency = concurrency
+        self.max_backoff = max_backoff
+        self.emit_events = emit_events
+        self.declare_queue = declare_queue
+        self.stats = ListenerStats()
+        self._stopping = threading.Event()
+        self._failures = 0  # consecutive API failures, for the backoff
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="listen-runs", daemon=True)
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+
+    # ------------------------------------------------------------ lifecycle
+    def run(self) -> ListenerStats:
+        quiet_pika()
+        self._loop_thread.start()
+        asyncio.run_coroutine_threadsafe(self._open_client(), self._loop).result(timeout=60)
+        self._connection = pika.BlockingConnection(connection_parameters(self.amqp_url))
+        self._channel = self._connection.channel()
+        if self.declare_queue:
+            self._channel.queue_declare(self.queue, durable=True)
+        self._channel.basic_qos(prefetch_count=self.concurrency * 2)
+        self._channel.basic_consume(self.queue, self._on_message)
+        log.info("listening on %s queue %r → deployment %r (concurrency %d)",
+                 redact_url(self.amqp_url), self.queue, self.deployment, self.concurrency)
+        try:
+            while not self._stopping.is_set():
+                self._connection.process_data_events(time_limit=0.5)
+            self._drain()
+        finally:
+            self._close()
+        return self.stats
+
+    def stop(self, *_: Any) -> None:
+        """Graceful: stop taking messages, finish the runs in flight, ack them, close."""
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def _drain(self) -> None:
+        assert self._channel is not None and self._connection is not None
+        try:
+            self._channel.stop_consuming()
+        except Exception:  # noqa: BLE001 - already closing
+            pass
+        deadline = time.monotonic() + 120
+        while self.stats.in_flight and time.monotonic() < deadline:
+            self._connection.process_data_events(time_limit=0.2)
+
+    def _close(self) -> None:
+        try:
+            if self._connection is not None and self._connection.is_open:
+                self._connection.close()  # unacked messages return to the queue
+        finally:
+            fut = asyncio.run_coroutine_threadsafe(self._close_client(), self._loop)
+            try:
+                fut.result(timeout=10)
+            except Exception:  # noqa: BLE001
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            log.info("listener stopped: %s", self.stats)
+
+    async def _open_client(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        self._client = get_client()
+        await self._client.__aenter__()
+        self._sem = asyncio.Semaphore(self.concurrency)
+
+    async def _close_client(self) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+
+    # ------------------------------------------------------------ messages
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        tag = method.delivery_tag
+        correlation_id = getattr(properties, "correlation_id", None)
+        try:
+            accepted = self.adapter.accept(body, correlation_id)
+        except UserError as exc:
+            self._reject(channel, tag, body, correlation_id, exc.message)
+            return
+        self.stats.in_flight += 1
+        future = asyncio.run_coroutine_threadsafe(self._create_run(accepted), self._loop)
+        future.add_done_callback(lambda f: self._connection.add_callback_threadsafe(
+            lambda: self._settle(channel, tag, f)))
+
+    def _reject(self, channel: Any, tag: int, body: bytes, correlation_id: str | None, reason: str) -> None:
+        try:
+            self.adapter.reject(body, correlation_id, reason)
+        except Exception as exc:  # noqa: BLE001 - cannot answer now: keep the message, try later
+            log.warning("could not route rejected message (%s); requeueing", exc)
+            channel.basic_nack(tag, requeue=True)
+            self.stats.requeued += 1
+            return
+        channel.basic_ack(tag)
+        self.stats.rejected += 1
+        log.info("rejected message: %s", reason)
+
+    async def _create_run(self, accepted: Any) -> str:
+        from prefect.deployments import arun_deployment
+
+        assert self._sem is not None
+        async with self._sem:
+            try:
+                flow_run = await arun_deployment(
+                    self.deployment, client=self._client, parameters=accepted.parameters, timeout=0,
+                    idempotency_key=accepted.idempotency_key, as_subflow=False)
+            except Exception:
+                self._failures += 1
+                await asyncio.sleep(min(self.max_backoff, 0.5 * 2 ** min(self._failures, 8)))
+                raise
+            self._failures = 0
+        if self.emit_events:
+            self._emit(accepted, str(flow_run.id))
+        return str(flow_run.id)
+
+    def _emit(self, accepted: Any, flow_run_id: str) -> None:
+        """Observability only: fire-and-forget, never the reason a message is acked."""
+        try:
+            from prefect.events import emit_event
+
+            emit_event(event=EVENT_NAME, resource={"prefect.resource.id": f"ingest.queue.{self.queue}"},
+                       related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                                 "prefect.resource.role": "flow-run"}],
+                       payload={**accepted.payload, "flow_run_id": flow_run_id,
+                                "idempotency_key": accepted.idempotency_key})
+        except Exception as exc:  # noqa: BLE001
+            log.debug("event not emitted: %s", exc)
+
+    def _settle(self, channel: Any, tag: int, future: Any) -> None:
+        self.stats.in_flight -= 1
+        exc = future.exception()
+        if exc is None:
+            channel.basic_ack(tag)
+            self.stats.accepted += 1
+            return
+        log.warning("flow run not created (%s: %s); message requeued", type(exc).__name__, exc)
+        channel.basic_nack(tag, requeue=True)
+        self.stats.requeued += 1
+
+
+def build_adapter(kind: str, *, config_block: str = "default", parameter: str | None = None) -> Adapter:
+    from blocks.broker import BrokerBlock
+    from blocks.register import load_block
+    from deployments.adapters import EgaAdapter, JsonAdapter
+
+    broker = load_block(BrokerBlock, config_block)
+    if kind == "ega":
+        return EgaAdapter(broker.transport(), broker.status_exchange)
+    return JsonAdapter(broker.transport(), parameter=parameter)
