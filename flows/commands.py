@@ -108,8 +108,9 @@ def _outbox(args: argparse.Namespace) -> int:
         return 2
     with Publisher(amqp_url) as publisher:
         result = replay_outbox(publisher)
-    emit({"delivered": result.delivered, "remaining": result.remaining})
-    return 0 if result.remaining == 0 else 1
+    emit({"delivered": result.delivered, "remaining": result.remaining, "rejected": result.rejected,
+          "error": result.error})
+    return 0 if result.ok and result.remaining == 0 else 1
 
 
 def _register_outbox(sub: argparse._SubParsersAction) -> None:
