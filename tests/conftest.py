@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A session home before anything imports `tasks` (which pins PREFECT_HOME under it);
+# each test then gets its own INGEST_HOME from the autouse fixture below.
+os.environ["INGEST_HOME"] = tempfile.mkdtemp(prefix="ingest-session-")
+os.environ.setdefault("INGEST_RETRY_BASE_SECONDS", "0.05")
 
 PG_ADMIN_DSN = os.environ.get("INGEST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("INGEST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
