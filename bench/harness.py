@@ -6,7 +6,6 @@ command) so its peak RSS is its own and not the harness's.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import resource
 import subprocess
 import time
@@ -28,12 +27,21 @@ class Result:
         return self.nbytes / self.seconds / 1e6 if self.seconds and self.nbytes else 0.0
 
 
+def peak_rss_self() -> int:
+    """VmHWM: the peak RSS of this process's own address space (ru_maxrss would include the
+    parent's high-water mark inherited across fork+exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _child(fn: Callable, args: tuple, queue: mp.Queue) -> None:
     t0 = time.perf_counter()
     extra = fn(*args)
     elapsed = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    queue.put((elapsed, rss, extra))
+    queue.put((elapsed, peak_rss_self(), extra))
 
 
 def run_python(name: str, fn: Callable, *args: Any, nbytes: int = 0) -> Result:
@@ -51,14 +59,24 @@ def run_python(name: str, fn: Callable, *args: Any, nbytes: int = 0) -> Result:
 
 def run_command(name: str, argv: Sequence[str] | str, *, nbytes: int = 0, shell: bool = False,
                 stdin: Any = None, stdout: Any = subprocess.DEVNULL) -> Result:
-    """Run an external command; peak RSS is the largest of the command's processes."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, shell=shell, stdin=stdin, stdout=stdout)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"{name} failed with status {status}")
-    return Result(name, elapsed, usage.ru_maxrss * 1024, nbytes)
+    """Run an external command under GNU time; peak RSS is the largest of the command's processes.
+
+    GNU time is a tiny parent, so the RSS it reports is the command's, not inherited from us.
+    """
+    import shlex
+    import tempfile
+
+    cmd = argv if isinstance(argv, str) else shlex.join(argv)
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+        full = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name, "/bin/bash", "-c", cmd]
+        t0 = time.perf_counter()
+        proc = subprocess.run(full, stdin=stdin, stdout=stdout)
+        elapsed = time.perf_counter() - t0
+        if proc.returncode:
+            raise RuntimeError(f"{name} failed with status {proc.returncode}")
+        text = rss_file.read().strip().splitlines()
+        rss = int(text[-1]) * 1024 if text and text[-1].isdigit() else 0
+    return Result(name, elapsed, rss, nbytes)
 
 
 def report(title: str, results: Sequence[Result], baseline: str | None = None) -> str:
