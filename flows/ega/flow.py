@@ -28,7 +28,7 @@ def ingest_ega_file(message: EgaMessage, correlation_id: str | None = None, conf
                     inbox_root: str | None = None) -> dict[str, Any]:
     log = get_run_logger()
     cfg = load_config(config_block, inbox_root=inbox_root)
-    ingest_id = located = None
+    ingest_id = located = staged = None
     try:
         try:
             message = validate_message(message.model_dump(exclude_none=True))
@@ -50,6 +50,8 @@ def ingest_ega_file(message: EgaMessage, correlation_id: str | None = None, conf
                 row = record(cfg, message, located, correlation_id)
             report_completed(cfg, message, correlation_id)
         except BaseException as exc:
+            if staged is not None:  # never leave a half-ingested file behind in staging
+                cfg.staging.remove(staged.name)
             user_error = is_user_error(exc)
             steps.report_failure(cfg, message, correlation_id, exc, ingest_id, located, user_error=user_error)
             raise
