@@ -58,7 +58,7 @@ class FileKeySource:
         if self._armored is None:
             self._armored = self.path.read_text()
             self._ids = key_ids_of(self._armored)
-        if key_id.upper() not in self._ids:
+        if key_id.upper() not in self._ids and key_id.strip("0"):  # all zeros: recipient hidden, try ours
             raise UserError(UNRELATED_KEY)
         return KeyMaterial(key_id.upper(), self._armored, self.passphrase)
 

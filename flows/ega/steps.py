@@ -18,6 +18,7 @@ from flows.ega.keyserver import UNRELATED_KEY, KeyMaterial
 from flows.reporting import Progress, ProgressReader
 from flows.ega.messages import EgaMessage, completed_message, error_message, expected_checksums
 from tasks import registry as reg
+from tasks.checksum import hash_file
 from tasks.errors import UserError
 from tasks.notify import Notification, notify
 
@@ -74,17 +75,45 @@ def register(cfg: EgaConfig, msg: EgaMessage, correlation_id: str | None, flow_r
 
 # ---------------------------------------------------------------- 2-3. locate
 def locate(cfg: EgaConfig, msg: EgaMessage, ingest_id: int) -> Located:
-    """Find the upload in the inbox and settle which checksums it must match."""
+    """Find the upload in the inbox and settle which checksums it must match.
+
+    An upload already ingested under the expected checksum is reported as it is,
+    even when the inbox copy has since been cleaned up; one whose inbox copy no
+    longer matches that checksum is not.
+    """
     enc, plain = expected_checksums(msg)
-    path = resolve_upload(cfg.inbox_root, msg.user, msg.filepath)
+    try:
+        path = resolve_upload(cfg.inbox_root, msg.user, msg.filepath)
+    except UserError:
+        done = _completed(cfg, msg, enc)
+        if done is None:
+            raise
+        return Located(ingest_id, done["id"], "", _upload_key(msg, enc), plain, "completed", done)
     companion_enc, companion_plain = companion_checksums(path)
     enc = enc or companion_enc
     plain = plain or companion_plain
     if enc is None:
         raise UserError("no checksum for the encrypted file: none in the message and no .md5/.sha256 companion file")
-    upload = records.UploadKey(msg.user, msg.filepath, enc[1], enc[0])
+    upload = _upload_key(msg, enc)
+    done = _completed(cfg, msg, enc)
+    if done is not None:
+        actual = hash_file(path, [enc[0]]).checksums[enc[0]]
+        if actual != enc[1]:
+            raise UserError(f"encrypted checksum mismatch: expected {enc[0]} {enc[1]}, got {actual}")
+        return Located(ingest_id, done["id"], str(path), upload, plain, "completed", done)
     row = records.upsert_upload(cfg.registry, upload, msg.stable_id, ingest_id)
     return Located(ingest_id, row["id"], str(path), upload, plain, row["status"], row)
+
+
+def _upload_key(msg: EgaMessage, enc: tuple[str, str]) -> records.UploadKey:
+    return records.UploadKey(msg.user, msg.filepath, enc[1], enc[0])
+
+
+def _completed(cfg: EgaConfig, msg: EgaMessage, enc: tuple[str, str] | None) -> dict[str, Any] | None:
+    if enc is None:
+        return None
+    row = records.get_upload(cfg.registry, _upload_key(msg, enc))
+    return row if row is not None and row["status"] == "completed" else None
 
 
 # ---------------------------------------------------------------- 4. key
@@ -112,7 +141,10 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> 
     name = cfg.staging.new_name(".c4gh")
     progress = Progress(f"decrypt + re-encrypt {Path(located.path).name}", Path(located.path).stat().st_size)
     with open(located.path, "rb") as raw, cfg.staging.atomic_writer(name) as out:
-        result = reencrypt(ProgressReader(raw, progress), out, private_key, cfg.vault_public_key)
+        # Refuse a reused session key before a single byte is decrypted.
+        result = reencrypt(ProgressReader(raw, progress), out, private_key, cfg.vault_public_key,
+                           on_session_key=lambda sk: records.claim_session_key(
+                               cfg.registry, sk.sha256, located.upload, located.file_id))
     progress.finish()
     staged = Staged(name, result.output_size, result.output_sha256, dict(result.encrypted.checksums),
                     result.encrypted.size, dict(result.plaintext.checksums), result.plaintext.size)
@@ -126,7 +158,6 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> 
             if staged.plaintext.get(palgo) != pexpected:
                 raise UserError(f"decrypted checksum mismatch: expected {palgo} {pexpected}, "
                                 f"got {staged.plaintext.get(palgo)}")
-        records.claim_session_key(cfg.registry, result.session_key_sha256, located.upload, located.file_id)
     except BaseException:
         cfg.staging.remove(name)
         raise

@@ -58,6 +58,7 @@ class EgaEnv:
     vault_root: Path
     staging: Path
     keys: SimpleNamespace
+    user: str = "jane"
     captured: dict[str, str] = field(default_factory=dict)
 
     def upload(self, user: str, relpath: str, data: bytes) -> Path:
@@ -122,7 +123,7 @@ def ega_env(prefect_api, pg_dsn: str, amqp_url: str, unique: str, ega_keys: Simp
                      [(captured["cega"], cega, "#"), (captured["lega"], lega, "#")])
     env = EgaEnv(name=f"t-{unique}", amqp_url=amqp_url, cega=cega, lega=lega, inbox=ingest_home / "inbox",
                  vault_root=ingest_home / "vault", staging=ingest_home / "staging", keys=ega_keys,
-                 captured=captured)
+                 captured=captured, user=f"user-{unique}")
     env.vault_root.mkdir(parents=True, exist_ok=True)
     save_blocks(env.name, pg_dsn=pg_dsn, amqp_url=amqp_url, cega=cega, lega=lega, keys=ega_keys,
                 vault_root=env.vault_root)

@@ -25,8 +25,9 @@ def c4gh_decrypt(env: EgaEnv, vault_file: Path) -> bytes:
     return proc.stdout
 
 
-def submit(env: EgaEnv, gpg, data: bytes, *gpg_options: str, stdin: bool = False, user: str = "jane",
+def submit(env: EgaEnv, gpg, data: bytes, *gpg_options: str, stdin: bool = False, user: str | None = None,
            name: str = "sample.bam", with_checksums: bool = True) -> tuple[dict, Path]:
+    user = user or env.user
     plain = env.inbox.parent / f"plain-{name}"
     plain.write_bytes(data)
     upload = env.inbox / user / f"{name}.gpg"
@@ -145,15 +146,18 @@ def test_checksums_from_companion_files(ega_env: EgaEnv, gpg) -> None:
     assert code == 0, summary
     (upload.parent / "sample.bam.md5").write_text("0" * 32)  # a wrong plaintext checksum is caught
     msg2, upload2 = submit(ega_env, gpg, data, "--compress-algo", "none", with_checksums=False)
+    code, summary = ega_env.run(msg2)  # the stale .sha256 names the first upload, not this one
+    assert code == 1 and summary["error"].startswith("encrypted checksum mismatch"), summary
+    (upload2.parent / (upload2.name + ".sha256")).unlink()
     (upload2.parent / (upload2.name + ".md5")).write_text(hashlib.md5(upload2.read_bytes()).hexdigest())
     code, summary = ega_env.run(msg2)
-    assert code == 1 and summary["error"].startswith("decrypted checksum mismatch")
+    assert code == 1 and summary["error"].startswith("decrypted checksum mismatch"), summary
 
 
 def test_session_key_reuse_for_another_file_is_refused(ega_env: EgaEnv, gpg) -> None:
     msg1, upload = submit(ega_env, gpg, b"same session key\n", "--compress-algo", "none", name="a.txt")
     assert ega_env.run(msg1)[0] == 0
-    copy = ega_env.inbox / "jane" / "copy-of-a.txt.gpg"
+    copy = ega_env.inbox / ega_env.user / "copy-of-a.txt.gpg"
     copy.write_bytes(upload.read_bytes())
     msg2 = {**msg1, "filepath": copy.name, "stable_id": new_stable_id()}
     code, summary = ega_env.run(msg2)
@@ -224,11 +228,11 @@ def test_unrelated_key_is_a_user_error(ega_env: EgaEnv, tmp_path: Path) -> None:
     home.mkdir(mode=0o700)
     plain = tmp_path / "p.txt"
     plain.write_bytes(b"not for you\n")
-    upload = ega_env.upload("jane", "wrong-key.txt.gpg", b"")
+    upload = ega_env.upload(ega_env.user, "wrong-key.txt.gpg", b"")
     subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", "--trust-model", "always", "--encrypt",
                     "--recipient-file", str(other_pub), "-o", str(upload), str(plain)], check=True,
                    capture_output=True)
-    msg = {"user": "jane", "filepath": "wrong-key.txt.gpg", "stable_id": new_stable_id(),
+    msg = {"user": ega_env.user, "filepath": "wrong-key.txt.gpg", "stable_id": new_stable_id(),
            "encrypted_integrity": {"checksum": hashlib.md5(upload.read_bytes()).hexdigest(), "algorithm": "md5"}}
     code, summary = ega_env.run(msg)
     assert code == 1 and summary["error"] == "encrypted with an unrelated key"
@@ -278,6 +282,15 @@ def test_vault_write_failing_mid_stream_leaves_no_object(ega_env: EgaEnv, gpg, p
         assert "files.error" not in [rk for rk, _, _ in ega_env.messages("cega")]
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_redelivery_after_inbox_cleanup_reports_the_existing_result(ega_env: EgaEnv, gpg) -> None:
+    msg, upload = submit(ega_env, gpg, b"cleaned up later\n", "--compress-algo", "none")
+    code, first = ega_env.run(msg)
+    assert code == 0
+    upload.unlink()
+    code, second = ega_env.run(msg)
+    assert code == 0 and second["vault_uri"] == first["vault_uri"], second
 
 
 def test_crash_after_vault_write_resumes_at_registry_without_decrypting(ega_env: EgaEnv, gpg) -> None:
