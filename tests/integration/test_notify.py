@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import sys
+import subprocess
 import logging
 import multiprocessing
 import os
@@ -285,20 +287,23 @@ def test_declare_topology_is_idempotent_and_names_a_conflict(amqp_url: str, uniq
 # --------------------------------------------------------------------------- outbox
 
 
-def _append_many(path: str, worker: int, count: int) -> None:
-    for i in range(count):
-        append_outbox(Notification("lega", "k", {"w": worker, "i": i, "pad": "x" * 20000}), Path(path))
+_APPEND_MANY = (
+    "import sys; from pathlib import Path; from tasks.notify import Notification, append_outbox\n"
+    "for i in range(int(sys.argv[3])):\n"
+    "    append_outbox(Notification('lega', 'k', {'w': int(sys.argv[2]), 'i': i, 'pad': 'x' * 20000}),"
+    " Path(sys.argv[1]))\n"
+)
 
 
 def test_concurrent_appends_from_processes_stay_whole_lines(tmp_path: Path) -> None:
+    # Separate interpreters, not fork: forking a pytest process that already runs
+    # server threads (the Prefect harness) is unsafe and flaky.
     path = tmp_path / "outbox.jsonl"
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_append_many, args=(str(path), w, 60)) for w in range(4)]
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", _APPEND_MANY, str(path), str(w), "60"], cwd=root)
+             for w in range(4)]
     for p in procs:
-        p.start()
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+        assert p.wait(60) == 0
     lines = path.read_bytes().split(b"\n")
     assert lines.pop() == b""
     bodies = [json.loads(line)["body"] for line in lines]  # every line parses whole
