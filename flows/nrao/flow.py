@@ -1,0 +1,75 @@
+"""NRAO product ingest (the Ingest Envoy): stage → manifest + artifacts → NGAS → registry → notify."""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows.nrao import steps
+from flows.nrao.steps import NraoRequest, load_config
+from flows.reporting import ingest_report
+from tasks.errors import is_user_error
+from tasks.prefect_support import ingest_task
+
+register = ingest_task(steps.register, name="register")
+stage = ingest_task(steps.stage, name="stage-products", retries=1)
+check_recorded = ingest_task(steps.check_recorded, name="check-registry")
+prepare = ingest_task(steps.prepare, name="write-manifest-and-artifacts", retries=1)
+archive = ingest_task(steps.archive, name="archive-to-ngas")
+record = ingest_task(steps.record, name="record-in-registry", retries=5)
+report_completed = ingest_task(steps.report_completed, name="notify-completed")
+
+
+@flow(name="ingest-nrao-product",
+      description="Stage an NRAO calibration, image, observation or SECI product, archive it in NGAS "
+                  "(CRC checked) and record it in the registry.")
+def ingest_nrao_product(request: NraoRequest, config_block: str = "default",
+                        ngas_url: str | None = None) -> dict[str, Any]:
+    log = get_run_logger()
+    cfg = load_config(config_block, ngas_url=ngas_url)
+    ingest_id = staged = plan = None
+    recorded = False
+    try:
+        try:
+            if not request.dry_run:
+                ingest_id = register(cfg, request, str(flow_run.get_id() or "") or None)
+            staged = stage(cfg, request)
+            known = check_recorded(cfg, request, staged)
+            plan = prepare(cfg, request, staged, known)
+            if request.dry_run:
+                summary = steps.result_summary(request, "DRY_RUN", staged=staged, plan=plan)
+                log.info("dry run: %d file(s) would be archived to NGAS; manifest at %s", len(plan.items),
+                         summary["manifest"])
+                ingest_report("nrao", f"dry-run {steps.natural_key(request, staged.source)}", summary,
+                              files=summary["plan"])
+                return summary
+            archived = archive(cfg, plan, steps.ArchiveProgress())
+            record(cfg, request, ingest_id, staged, plan, archived)
+            recorded = True
+            summary = steps.result_summary(request, "COMPLETED", staged=staged, plan=plan, archived=archived,
+                                           ngas_url=cfg.ngas_url)
+            report_completed(cfg, request, summary)
+        except BaseException as exc:
+            reason = steps.describe_error(exc)
+            log.error("NRAO %s ingest of %s failed: %s", request.kind.value, request.source, reason)
+            # Once recorded, the product is in; only the completion notice failed, and a "failed"
+            # notice would then be false. Before that, subscribers hear of the failure once.
+            if not recorded:
+                steps.report_failure(cfg, request, ingest_id, reason, user_error=is_user_error(exc),
+                                     notify_status=not request.dry_run)
+            raise
+        steps.cleanup(staged)
+        log.info("NRAO %s ingest of %s completed: %s", request.kind.value, staged.source,
+                 ", ".join(p["locator"] for p in summary["products"]))
+        ingest_report("nrao", steps.natural_key(request, staged.source), summary,
+                      events=steps.ingest_events(cfg, ingest_id), files=summary["files"])
+        return summary
+    finally:
+        cfg.close()
+
+
+def failure_summary(request: NraoRequest, exc: BaseException) -> dict[str, Any]:
+    """What the CLI prints for a failed run."""
+    state = "ERROR" if is_user_error(exc) else "FAILED"
+    return steps.result_summary(request, state, error=steps.describe_error(exc))
