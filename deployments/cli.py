@@ -32,7 +32,30 @@ def _listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from deployments.ops import deploy
+
+    emit(deploy(args.pool))
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from deployments.ops import set_schedule
+
+    emit(set_schedule(args.deployment, args.cron, args.timezone))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("deploy", help="create the work pool and every deployment in prefect.yaml (PREFECT_API_URL)")
+    d.add_argument("--pool", default="ingest", help="process work pool name")
+    d.set_defaults(handler=_deploy)
+    s = sub.add_parser("schedule", help="change a scheduled deployment's cron (kept across redeploys)")
+    s.add_argument("deployment", choices=["apt-scan", "svo-sync", "ega-inbox"])
+    s.add_argument("--cron", required=True, help='e.g. "*/5 * * * *"')
+    s.add_argument("--timezone", default="UTC")
+    s.set_defaults(handler=_schedule)
+
     p = sub.add_parser("listen", help="consume a RabbitMQ queue and start one deployment run per message",
                        description="Acks a message only after its flow run exists; bad messages go to the error "
                                    "channel; stops gracefully on SIGTERM.")

@@ -1,0 +1,126 @@
+"""A production-shaped stack for the operations tests: `prefect server start` on a scratch
+PostgreSQL database, a process work pool, `prefect deploy --all`, block documents from
+`python flows/run.py init`, and helpers to start workers and listeners as real processes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import AMQP_URL, PG_ADMIN_DSN, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _create_db(name: str) -> str:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+
+
+def _drop_db(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    api_url: str
+    registry_dsn: str
+    ingest_home: Path
+    logs: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(args), cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode:
+            raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.logs / f"{name}-{len(self.procs)}.log", "w")
+        proc = subprocess.Popen(list(args), cwd=ROOT, env={**self.env, **(extra_env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    @contextmanager
+    def client(self):
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            with get_client(sync_client=True) as client:
+                yield client
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    base = tmp_path_factory.mktemp("stack")
+    token = uuid.uuid4().hex[:8]
+    prefect_db, registry_db = f"prefect_ops_{token}", f"registry_ops_{token}"
+    prefect_dsn = _create_db(prefect_db)
+    registry_dsn = _create_db(registry_db)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({
+        "PREFECT_HOME": str(base / "prefect"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_API_DATABASE_CONNECTION_URL": prefect_dsn.replace("postgresql://", "postgresql+asyncpg://"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "INGEST_HOME": str(base / "ingest"),
+        "INGEST_RETRY_BASE_SECONDS": "0.2",
+        "PYTHONPATH": str(ROOT),
+    })
+    logs = base / "logs"
+    logs.mkdir()
+    s = Stack(env, api_url, registry_dsn, base / "ingest", logs)
+    server = s.start("server", sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                     "--port", str(port))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise RuntimeError((logs / "server-0.log").read_text()[-3000:])
+        time.sleep(0.5)
+    s.run(sys.executable, "flows/run.py", "init", "--registry-dsn", registry_dsn, "--amqp-url", AMQP_URL)
+    s.run(sys.executable, "flows/run.py", "deploy")
+    yield s
+    for proc in reversed(s.procs):
+        stop(proc)
+    _drop_db(prefect_db)
+    _drop_db(registry_db)
