@@ -1,7 +1,7 @@
 """The queue → run bridge: one long-running consumer per queue, one flow run per message.
 
-A message is acked only once its flow run exists (``run_deployment`` with
-``timeout=0`` and an idempotency key derived from the message), so a crash of
+A message is acked only once its flow run exists (what ``run_deployment`` with
+``timeout=0`` does, with an idempotency key derived from the message), so a crash of
 the listener loses nothing: RabbitMQ redelivers, and the same key returns the
 same run instead of a second one. Bad messages are acked and answered on the
 domain's error channel. When the Prefect API is unreachable the message is
@@ -59,6 +59,7 @@ class Listener:
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="listen-runs", daemon=True)
         self._client: Any = None
+        self._deployment_id: Any = None
         self._sem: asyncio.Semaphore | None = None
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
@@ -121,6 +122,9 @@ class Listener:
         self._client = get_client()
         await self._client.__aenter__()
         self._sem = asyncio.Semaphore(self.concurrency)
+        # Resolved once: run_deployment reads the deployment again on every call, which
+        # halves how many runs a second one listener can create.
+        self._deployment_id = (await self._client.read_deployment_by_name(self.deployment)).id
 
     async def _close_client(self) -> None:
         if self._client is not None:
@@ -153,14 +157,16 @@ class Listener:
         log.info("rejected message: %s", reason)
 
     async def _create_run(self, accepted: Any) -> str:
-        from prefect.deployments import arun_deployment
+        from prefect.states import Scheduled
 
         assert self._sem is not None
         async with self._sem:
             try:
-                flow_run = await arun_deployment(
-                    self.deployment, client=self._client, parameters=accepted.parameters, timeout=0,
-                    idempotency_key=accepted.idempotency_key, as_subflow=False)
+                # What run_deployment(..., timeout=0, idempotency_key=k) does, minus the lookup:
+                # the same key returns the existing run instead of creating a second one.
+                flow_run = await self._client.create_flow_run_from_deployment(
+                    self._deployment_id, parameters=accepted.parameters, state=Scheduled(),
+                    idempotency_key=accepted.idempotency_key)
             except Exception:
                 self._failures += 1
                 await asyncio.sleep(min(self.max_backoff, 0.5 * 2 ** min(self._failures, 8)))

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 
+from deployments.localserver import server_env, start_server
 from tests.conftest import AMQP_URL, PG_ADMIN_DSN, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,36 +87,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
     prefect_dsn = _create_db(prefect_db)
     registry_dsn = _create_db(registry_db)
     port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update({
-        "PREFECT_HOME": str(base / "prefect"),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_API_DATABASE_CONNECTION_URL": prefect_dsn.replace("postgresql://", "postgresql+asyncpg://"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
+    extra = {
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "INGEST_HOME": str(base / "ingest"),
         "INGEST_RETRY_BASE_SECONDS": "0.2",
         "PYTHONPATH": str(ROOT),
-    })
+    }
+    env = server_env(port, prefect_dsn, base / "prefect", **extra)
     logs = base / "logs"
     logs.mkdir()
-    s = Stack(env, api_url, registry_dsn, base / "ingest", logs)
-    server = s.start("server", sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                     "--port", str(port))
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or server.poll() is not None:
-            raise RuntimeError((logs / "server-0.log").read_text()[-3000:])
-        time.sleep(0.5)
+    s = Stack(env, env["PREFECT_API_URL"], registry_dsn, base / "ingest", logs)
+    s.procs.append(start_server(env, logs / "server.log", cwd=ROOT))
     s.run(sys.executable, "flows/run.py", "init", "--registry-dsn", registry_dsn, "--amqp-url", AMQP_URL)
     s.run(sys.executable, "flows/run.py", "deploy")
     yield s
