@@ -339,3 +339,21 @@ def test_ingest_into_an_s3_vault(ega_env: EgaEnv, gpg, pg_dsn: str, amqp_url: st
     local = tmp_path / "from-s3.c4gh"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").download_file(s3_bucket, key, str(local))
     assert c4gh_decrypt(ega_env, local) == data
+
+
+def test_run_publishes_a_summary_artifact_for_the_ui(ega_env: EgaEnv, gpg) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.reporting import artifact_key
+
+    msg, _ = submit(ega_env, gpg, b"report me\n" * 50, "--compress-algo", "none")
+    code, summary = ega_env.run(msg)
+    assert code == 0
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[artifact_key("ega", msg["stable_id"])])))
+    assert len(arts) == 1 and arts[0].type == "markdown"
+    text = arts[0].data
+    assert summary["vault_uri"] in text and summary["checksums"]["decrypted"]["sha256"] in text
+    assert "fixity check" in text and "decryption" in text
