@@ -1,0 +1,272 @@
+"""FITS cube ingest: work order → headers (skip if unchanged) → fixity → describe → registry → previews → SVO.
+
+``ingest_fits_cube`` runs the steps as Prefect tasks, one run per cube. The bulk
+flows (``ingest_fits_directory``, ``reingest_all``) queue one work order per file
+and run the very same steps as plain calls inside one task per *batch*: a task
+run costs milliseconds against the API, and hundreds of cubes must not mean
+hundreds of task or flow runs.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.fits import records, steps
+from flows.fits.steps import CubeRequest, FitsConfig, load_config
+from flows.reporting import ingest_report
+from tasks.errors import UserError, is_user_error
+from tasks.prefect_support import ingest_task, retry_base
+
+DEFAULT_BATCH_SIZE = 25
+BATCH_WORKERS = 2
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The steps of one cube, either as Prefect tasks (one run per cube) or as plain calls (inside a batch)."""
+
+    open_order: Callable
+    examine: Callable
+    record_skip: Callable
+    verify: Callable
+    describe: Callable
+    record: Callable
+    previews: Callable
+    submit_to_svo: Callable
+    complete: Callable
+
+
+PLAIN = Steps(steps.open_order, steps.examine, steps.record_skip, steps.verify, steps.describe, steps.record,
+              steps.make_previews, steps.submit_to_svo, steps.complete)
+TASKS = Steps(
+    open_order=ingest_task(steps.open_order, name="open-work-order"),
+    examine=ingest_task(steps.examine, name="read-headers"),
+    record_skip=ingest_task(steps.record_skip, name="record-skip"),
+    verify=ingest_task(steps.verify, name="verify-checksums"),
+    describe=ingest_task(steps.describe, name="describe-cube", retries=1),
+    record=ingest_task(steps.record, name="record-in-registry", retries=5),
+    previews=ingest_task(steps.make_previews, name="make-previews", retries=1),
+    submit_to_svo=ingest_task(steps.submit_to_svo, name="submit-to-svo", retries=1),
+    complete=ingest_task(steps.complete, name="complete-work-order", retries=5),
+)
+
+
+def ingest_one(cfg: FitsConfig, request: CubeRequest, run: Steps, flow_run_id: str | None = None) -> dict[str, Any]:
+    """The order of the steps for one cube; raises on failure after recording it on the work order."""
+    timer = steps.Timer()
+    order = examined = recorded = checksums = None
+    try:
+        order = timer("work order", run.open_order, cfg, request, flow_run_id)
+        examined = timer("headers", run.examine, cfg, order, request)
+        if examined.skip:
+            recorded = timer("skip", run.record_skip, cfg, order, examined, flow_run_id)
+        else:
+            checksums = timer("checksums", run.verify, cfg, order, examined)
+            rows = timer("describe", run.describe, cfg, order, request, examined, checksums)
+            recorded = timer("record", run.record, cfg, order, rows, flow_run_id)
+        previews = (timer("previews", run.previews, cfg, order, recorded, examined.change_key)
+                    if request.previews else None)
+        svo = timer("svo", run.submit_to_svo, cfg, recorded.cube["oid"]) if request.submit_to_svo else None
+        row = timer("complete", run.complete, cfg, order, examined, recorded, skipped=examined.skip)
+    except BaseException as exc:
+        row = steps.fail(cfg, order, recorded.ingest_id if recorded else None, exc)
+        exc.fits_summary = steps.result_summary(  # type: ignore[attr-defined]
+            state="failed", path=order.path if order else request.relative_path, order_row=row,
+            recorded=recorded, examined=examined, checksums=checksums, error=steps.describe_error(exc),
+            timings=timer.timings)
+        raise
+    return steps.result_summary(state="skipped" if examined.skip else "ingested", path=order.path, order_row=row,
+                                recorded=recorded, previews=previews, svo=svo, timings=timer.timings)
+
+
+def _flow_run_id() -> str | None:
+    return str(flow_run.get_id() or "") or None
+
+
+@flow(name="ingest-fits-cube",
+      description="Ingest one FITS cube: work order, headers, CHECKSUM skip rule, metadata, access, tags, "
+                  "previews and (optionally) its SVO record.")
+def ingest_fits_cube(relative_path: str, oid: str | None = None, owner_emails: list[str] | None = None,
+                     swedish_data: bool = False, force: bool = False, previews: bool = True,
+                     submit_to_svo: bool = False, config_block: str = "default",
+                     science_root: str | None = None) -> dict[str, Any]:
+    request = CubeRequest(relative_path, oid, tuple(owner_emails or ()), swedish_data, force, previews, submit_to_svo)
+    cfg = load_config(config_block, science_root=science_root)
+    try:
+        try:
+            summary = ingest_one(cfg, request, TASKS, _flow_run_id())
+        except BaseException as exc:
+            summary = getattr(exc, "fits_summary", None) or steps.result_summary(
+                state="failed", path=relative_path, error=steps.describe_error(exc))
+            steps.notify_status(cfg, summary)
+            get_run_logger().error("FITS ingest of %s failed: %s", relative_path, summary.get("error"))
+            raise
+        steps.notify_status(cfg, summary)
+        events = _events(cfg, summary)
+        ingest_report("fits", summary["oid"] or relative_path, summary, events=events,
+                      timings=summary.get("timings"))
+        return summary
+    finally:
+        cfg.close()
+
+
+def _events(cfg: FitsConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    ingest = cfg.registry.get_ingest(steps.DOMAIN, summary["oid"]) if summary.get("oid") else None
+    return cfg.registry.events(ingest.id) if ingest else []
+
+
+def failure_summary(relative_path: str, exc: BaseException, config_block: str = "default",
+                    science_root: str | None = None) -> dict[str, Any]:
+    """What the CLI prints for a failed run: the summary the run built, else the reason plus the work order."""
+    summary = getattr(exc, "fits_summary", None)
+    if summary:
+        return summary
+    row = None
+    path = relative_path
+    try:
+        cfg = load_config(config_block, science_root=science_root)
+        try:
+            path, _ = steps.resolve_path(cfg.science_root, relative_path)
+            row = records.get_order(cfg.registry, path)
+        finally:
+            cfg.close()
+    except Exception:  # a bad path or an unreachable registry: the reason alone says enough
+        row = None
+    return steps.result_summary(state="failed", path=path, order_row=row, error=steps.describe_error(exc))
+
+
+# ---------------------------------------------------------------- bulk: batches of plain calls
+
+
+def ingest_batch(config_block: str, science_root: str | None, paths: list[str], options: dict[str, Any],
+                 flow_run_id: str | None = None, retries: int = 2) -> list[dict[str, Any]]:
+    """Ingest cubes one after another; one cube's failure is recorded on its order and the batch goes on.
+
+    Transient failures are retried per cube with backoff, so a blip does not re-run the whole batch.
+    """
+    log = steps.run_logger()
+    cfg = load_config(config_block, science_root=science_root)
+    results: list[dict[str, Any]] = []
+    try:
+        for path in paths:
+            request = CubeRequest(path, None, tuple(options.get("owner_emails") or ()),
+                                  bool(options.get("swedish_data")), bool(options.get("force")),
+                                  bool(options.get("previews", True)), bool(options.get("submit_to_svo")))
+            for attempt in range(retries + 1):
+                try:
+                    results.append(ingest_one(cfg, request, PLAIN, flow_run_id))
+                    break
+                except Exception as exc:
+                    user = is_user_error(exc)
+                    if user or attempt == retries:
+                        summary = getattr(exc, "fits_summary", None) or steps.result_summary(
+                            state="failed", path=path, error=steps.describe_error(exc))
+                        summary["error_kind"] = "user" if user else "system"
+                        log.warning("%s failed: %s", path, summary["error"])
+                        results.append(summary)
+                        break
+                    time.sleep(retry_base() * 2 ** attempt)
+                    cfg.registry.close()  # a broken connection reconnects on next use
+    finally:
+        cfg.close()
+    return results
+
+
+ingest_batch_task = ingest_task(ingest_batch, name="ingest-batch", retries=1)
+
+
+def _queue(cfg: FitsConfig, paths: list[str], options: dict[str, Any], flow_run_id: str | None) -> int:
+    return records.queue_orders(cfg.registry, paths, options, flow_run_id)
+
+
+queue_work = ingest_task(_queue, name="queue-work-orders")
+
+
+def _discover(cfg: FitsConfig, root: str) -> tuple[str, list[str]]:
+    relative, absolute = steps.resolve_directory(cfg.science_root, root)
+    return relative, steps.find_cubes(cfg.science_root, absolute)
+
+
+discover = ingest_task(_discover, name="find-cubes")
+
+
+def _known_paths(cfg: FitsConfig) -> list[str]:
+    return [r["path"] for r in cfg.registry.execute("SELECT DISTINCT path FROM fits_cubes ORDER BY path")]
+
+
+known_paths = ingest_task(_known_paths, name="list-known-cubes")
+
+
+def run_batches(cfg: FitsConfig, paths: list[str], options: dict[str, Any], batch_size: int, config_block: str,
+                science_root: str | None) -> tuple[list[dict[str, Any]], int]:
+    """Queue one order per path, then ingest in bounded batches (at most BATCH_WORKERS at a time)."""
+    if batch_size < 1:
+        raise UserError("batch_size must be at least 1")
+    run_id = _flow_run_id()
+    queue_work(cfg, paths, options, run_id)
+    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    futures = [ingest_batch_task.submit(config_block, science_root, batch, options, run_id) for batch in batches]
+    results = [summary for future in futures for summary in future.result()]
+    return results, len(batches)
+
+
+def bulk_summary(root: str, results: list[dict[str, Any]], batches: int) -> dict[str, Any]:
+    counts = {"ingested": 0, "skipped": 0, "failed": 0}
+    for r in results:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    system = any(r.get("error_kind") == "system" for r in results)
+    return {"root": root, "state": "failed" if counts["failed"] else "completed", "counts": counts,
+            "batches": batches, "cubes": len(results), "system_errors": system, "flow_run_id": _flow_run_id(),
+            "results": [{k: r.get(k) for k in ("oid", "path", "state", "work_order", "error", "error_kind")
+                         if r.get(k) is not None} for r in results]}
+
+
+def _bulk_report(name: str, summary: dict[str, Any]) -> None:
+    table = [{"path": r.get("path"), "oid": r.get("oid"), "state": r.get("state"), "error": r.get("error", "")}
+             for r in summary["results"]]
+    ingest_report("fits", name, {k: v for k, v in summary.items() if k != "results"}, files=table)
+
+
+@flow(name="ingest-fits-directory", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
+      description="Find every .fits under a directory of the science-data root, queue one work order per file "
+                  "and ingest them in bounded batches.")
+def ingest_fits_directory(root: str = ".", force: bool = False, previews: bool = True, submit_to_svo: bool = False,
+                          owner_emails: list[str] | None = None, swedish_data: bool = False,
+                          batch_size: int = DEFAULT_BATCH_SIZE, config_block: str = "default",
+                          science_root: str | None = None) -> dict[str, Any]:
+    cfg = load_config(config_block, science_root=science_root)
+    try:
+        relative, paths = discover(cfg, root)
+        get_run_logger().info("%d cube(s) under %s; batches of %d", len(paths), relative, batch_size)
+        options = {"force": force, "previews": previews, "submit_to_svo": submit_to_svo,
+                   "owner_emails": list(owner_emails or ()), "swedish_data": swedish_data}
+        results, batches = run_batches(cfg, paths, options, batch_size, config_block, science_root)
+        summary = bulk_summary(relative, results, batches)
+        steps.notify_status(cfg, summary)
+        _bulk_report(f"dir {relative}", summary)
+        return summary
+    finally:
+        cfg.close()
+
+
+@flow(name="reingest-all-fits", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
+      description="Re-ingest every recorded cube in bounded batches (force: rebuild metadata even when unchanged).")
+def reingest_all(force: bool = True, previews: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+                 config_block: str = "default", science_root: str | None = None) -> dict[str, Any]:
+    cfg = load_config(config_block, science_root=science_root)
+    try:
+        paths = known_paths(cfg)
+        options = {"force": force, "previews": previews, "submit_to_svo": False}
+        results, batches = run_batches(cfg, paths, options, batch_size, config_block, science_root)
+        summary = bulk_summary("*", results, batches)
+        steps.notify_status(cfg, summary)
+        _bulk_report("reingest-all", summary)
+        return summary
+    finally:
+        cfg.close()
