@@ -17,7 +17,9 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A session home before anything imports `tasks` (which pins PREFECT_HOME under it);
 # each test then gets its own INGEST_HOME from the autouse fixture below.
-os.environ["INGEST_HOME"] = tempfile.mkdtemp(prefix="ingest-session-")
+# (Guarded: `from tests.conftest import …` in a sub-conftest executes this module again.)
+if "INGEST_TEST_SESSION_HOME" not in os.environ:
+    os.environ["INGEST_TEST_SESSION_HOME"] = os.environ["INGEST_HOME"] = tempfile.mkdtemp(prefix="ingest-session-")
 os.environ.setdefault("INGEST_RETRY_BASE_SECONDS", "0.05")
 
 PG_ADMIN_DSN = os.environ.get("INGEST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
