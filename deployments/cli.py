@@ -12,15 +12,11 @@ def _listen(args: argparse.Namespace) -> int:
     from deployments.listen import Listener, build_adapter
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    amqp_url = args.amqp_url
-    if not amqp_url:
-        from blocks.broker import BrokerBlock
-        from blocks.register import load_block
+    from flows.cli_common import NO_BROKER, amqp_url_or_none
 
-        block = load_block(BrokerBlock, args.config)
-        amqp_url = block.amqp_url.get_secret_value() if block.amqp_url else None
+    amqp_url = amqp_url_or_none(args.amqp_url, args.config)
     if not amqp_url:
-        print("no broker configured: pass --amqp-url or save a broker block", file=sys.stderr)
+        print(NO_BROKER, file=sys.stderr)
         return 2
     kind = args.adapter or ("ega" if args.queue == "files" else "json")
     listener = Listener(amqp_url, args.queue, args.deployment, build_adapter(kind, config_block=args.config,

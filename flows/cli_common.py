@@ -21,3 +21,17 @@ def local_run() -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def amqp_url_or_none(explicit: str | None, config_block: str = "default") -> str | None:
+    """The broker URL to use: the command line's, else the broker block's (None: no broker)."""
+    if explicit:
+        return explicit
+    from blocks.broker import BrokerBlock
+    from blocks.register import load_block
+
+    block = load_block(BrokerBlock, config_block)
+    return block.amqp_url.get_secret_value() if block.amqp_url else None
+
+
+NO_BROKER = "no broker configured: pass --amqp-url or save a broker block (init --amqp-url)"

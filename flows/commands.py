@@ -96,15 +96,11 @@ def _outbox(args: argparse.Namespace) -> int:
             print(line)
         emit({"pending": len(lines), "path": str(path)})
         return 0
-    amqp_url = args.amqp_url
-    if not amqp_url:
-        from blocks.broker import BrokerBlock
-        from blocks.register import load_block
+    from flows.cli_common import NO_BROKER, amqp_url_or_none
 
-        broker = load_block(BrokerBlock, args.broker)
-        amqp_url = broker.amqp_url.get_secret_value() if broker.amqp_url else None
+    amqp_url = amqp_url_or_none(args.amqp_url, args.broker)
     if not amqp_url:
-        print("no broker configured: pass --amqp-url or save a broker block (init --amqp-url)", file=sys.stderr)
+        print(NO_BROKER, file=sys.stderr)
         return 2
     with Publisher(amqp_url) as publisher:
         result = replay_outbox(publisher)

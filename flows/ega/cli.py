@@ -14,7 +14,7 @@ EXIT_COMPLETED, EXIT_USER_ERROR, EXIT_SYSTEM_ERROR = 0, 1, 2
 def run_message(raw: dict, *, correlation_id: str | None = None, config_block: str = "default") -> tuple[int, dict]:
     """Run one ingest in-process and classify the outcome the way CEGA would."""
     from flows.ega.flow import failure_summary, ingest_ega_file
-    from flows.ega.messages import EgaMessage, validate_message
+    from flows.ega.messages import validate_message
     from tasks.errors import UserError, is_user_error
 
     try:
@@ -45,17 +45,12 @@ def _ega(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:
+    from flows.cli_common import NO_BROKER, amqp_url_or_none
     from flows.ega.topology import setup
 
-    amqp_url = args.amqp_url
+    amqp_url = amqp_url_or_none(args.amqp_url, args.config)
     if not amqp_url:
-        from blocks.broker import BrokerBlock
-        from blocks.register import load_block
-
-        block = load_block(BrokerBlock, args.config)
-        amqp_url = block.amqp_url.get_secret_value() if block.amqp_url else None
-    if not amqp_url:
-        print("no broker configured: pass --amqp-url or run init --amqp-url", file=sys.stderr)
+        print(NO_BROKER, file=sys.stderr)
         return 2
     emit(setup(amqp_url))
     return 0

@@ -86,17 +86,14 @@ def _console_logging() -> None:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from blocks.broker import BrokerBlock
     from blocks.ngas import NgasBlock
     from blocks.register import load_block
+    from flows.cli_common import NO_BROKER, amqp_url_or_none
     from flows.nrao.steps import setup_topology
 
-    amqp_url = args.amqp_url
+    amqp_url = amqp_url_or_none(args.amqp_url, args.config)
     if not amqp_url:
-        block = load_block(BrokerBlock, args.config)
-        amqp_url = block.amqp_url.get_secret_value() if block.amqp_url else None
-    if not amqp_url:
-        print("no broker configured: pass --amqp-url or run init --amqp-url", file=sys.stderr)
+        print(NO_BROKER, file=sys.stderr)
         return 2
     emit(setup_topology(amqp_url, load_block(NgasBlock, args.config).status_exchange))
     return 0
