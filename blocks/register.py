@@ -10,12 +10,15 @@ from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
 
+from blocks.apt import AptBlock
 from blocks.broker import BrokerBlock
 from blocks.keyserver import KeyserverBlock
+from blocks.ngas import NgasBlock
 from blocks.registry import RegistryBlock
+from blocks.svo import SvoBlock
 from blocks.vault import VaultBlock
 
-BLOCK_TYPES: list[type[Block]] = [VaultBlock, RegistryBlock, BrokerBlock, KeyserverBlock]
+BLOCK_TYPES: list[type[Block]] = [VaultBlock, RegistryBlock, BrokerBlock, KeyserverBlock, NgasBlock, AptBlock, SvoBlock]
 DEFAULT_NAME = "default"
 
 B = TypeVar("B", bound=Block)
