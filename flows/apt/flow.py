@@ -26,6 +26,26 @@ record = ingest_task(steps.record, name="record-in-registry", retries=5)
 cleanup = ingest_task(steps.cleanup, name="cleanup")
 finish = ingest_task(steps.finish, name="finish-work-item")
 
+STATUS_EXCHANGE = "apt"
+
+
+def notify_status(config_block: str, work_item_id: int, status: str) -> None:
+    """The run's terminal status, once, on exchange ``apt`` (``apt.ingest.<status>``) or the outbox."""
+    from blocks.broker import BrokerBlock
+    from blocks.register import load_block
+    from tasks.notify import Notification, notify
+
+    cfg = load_config(config_block)
+    try:
+        body = steps.summary(cfg, work_item_id)
+    finally:
+        cfg.close()
+    notify(Notification(exchange=STATUS_EXCHANGE, routing_key=f"apt.ingest.{status}", body=body),
+           load_block(BrokerBlock, config_block).transport())
+
+
+report_status = ingest_task(notify_status, name="notify-status")
+
 
 @flow(name="ingest-apt-bag",
       description="Ingest one tarred BagIt bag (APTrust 2.2/2.3 or BTR) from a receiving bucket into "
@@ -39,6 +59,7 @@ def ingest_apt_bag(work_item_id: int, config_block: str = "default") -> Any:
             item = start(cfg, work_item_id, str(flow_run.get_id() or "") or None)
             if steps.already_done(cfg, item):
                 log.info("work item %s already succeeded; nothing to do", work_item_id)
+                report_status(config_block, work_item_id, "success")
                 return steps.summary(cfg, work_item_id)
             scan = receive(cfg, item)
             validation = validate(cfg, item, scan)
@@ -54,6 +75,7 @@ def ingest_apt_bag(work_item_id: int, config_block: str = "default") -> Any:
         except steps.WorkItemCancelled as exc:
             log.warning("work item %s cancelled: %s", work_item_id, exc)
             steps.cancelled(cfg, work_item_id, exc)
+            report_status(config_block, work_item_id, "cancelled")
             return Cancelled(message=str(exc), data=steps.summary(cfg, work_item_id))
         except BaseException as exc:
             user_error = is_user_error(exc)
@@ -64,10 +86,12 @@ def ingest_apt_bag(work_item_id: int, config_block: str = "default") -> Any:
                 if user_error and item is not None:
                     # fatal: staging and interim data go, the tar (marked for deletion) leaves receiving
                     steps.cleanup(cfg, item, after_failure=True)
+                report_status(config_block, work_item_id, "failed")
             except Exception as report_exc:  # noqa: BLE001 - the original error matters more
                 log.error("could not record the failure of work item %s: %s", work_item_id, report_exc)
             raise
         result = steps.summary(cfg, work_item_id)
+        report_status(config_block, work_item_id, "success")
         ingest_report("apt", f"{item.identifier}-wi{item.id}", result, events=steps.object_events(cfg, item))
         return result
     finally:

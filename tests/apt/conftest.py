@@ -55,11 +55,13 @@ class AptEnv:
         from pydantic import SecretStr
 
         from blocks.apt import AptBlock
+        from blocks.broker import BrokerBlock
         from blocks.registry import RegistryBlock
 
         name = self.name + suffix
         AptBlock(**apt_fields).save(name, overwrite=True)
         RegistryBlock(dsn=SecretStr(self.pg_dsn)).save(name, overwrite=True)
+        BrokerBlock().save(name, overwrite=True)  # no broker: status messages go to the outbox
         return name
 
     def run(self, tar: Path, institution: str | None = None, config: str | None = None,

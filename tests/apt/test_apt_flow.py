@@ -101,6 +101,10 @@ def test_good_bag_end_to_end(apt_env: AptEnv, apt_corpus: dict[str, Case], case_
 
     obj, files = object_rows(apt_env, identifier)
     assert obj["storage_option"] == "Standard" and obj["state"] == "A"
+    from tasks.notify import pending
+
+    statuses = [(n.exchange, n.routing_key, n.body["status"]) for n in pending()]
+    assert statuses == [("apt", "apt.ingest.success", "Success")]  # the terminal status, exactly once
     if case_key == "good_aptrust":
         assert (obj["title"], obj["access"], obj["description"]) == (
             "Sample Good Bag", "institution", "A bag APTrust accepts.")
@@ -465,7 +469,7 @@ def test_task_runs_grow_with_stages_not_files(apt_env: AptEnv, tmp_path: Path) -
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     names = sorted(t.name.rsplit("-", 1)[0] for t in task_runs)
-    assert len(task_runs) == 11, names  # one per stage, plus start and finish
+    assert len(task_runs) == 12, names  # one per stage, plus start, finish and the status message
     print(f"502 files ingested in {elapsed:.1f} s with {len(task_runs)} task runs")
 
 
