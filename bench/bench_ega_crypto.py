@@ -40,8 +40,11 @@ def ours_reencrypt(keys_dir: str, src: str, dst: str, block_size: int) -> dict:
     key = load_pgp_private_key(Path(keys_dir, "ega.sec.asc").read_text(), PASSPHRASE)
     vault = load_c4gh_public_key(Path(keys_dir, "vault.c4gh.pub"))
     with open(src, "rb", buffering=0) as fin, open(dst, "wb") as fout:
-        r = reencrypt(fin, fout, key, vault, block_size=block_size)
-    return {"enc_md5": r.encrypted.checksums["md5"], "enc_sha256": r.encrypted.checksums["sha256"],
+        # The flow's configuration, and the reference pipeline's work: md5 of the ciphertext,
+        # sha256 + md5 of the plaintext (the output is hashed by the vault put that re-reads it).
+        r = reencrypt(fin, fout, key, vault, block_size=block_size, encrypted_algorithms=("md5",),
+                      hash_output=False)
+    return {"enc_md5": r.encrypted.checksums["md5"],
             "plain_sha256": r.plaintext.checksums["sha256"], "plain_md5": r.plaintext.checksums["md5"],
             "plain_size": r.plaintext.size, "out_size": r.output_size, "out_sha256": r.output_sha256}
 

@@ -49,7 +49,7 @@ class ReencryptResult:
     encrypted: Digest  # the uploaded OpenPGP file: size, md5, sha256
     plaintext: Digest  # the literal data: size, sha256, md5
     output_size: int  # the Crypt4GH bytes written to dst
-    output_sha256: str
+    output_sha256: str | None  # None when asked not to hash the output
     session_key_sha256: str  # to refuse a session key already used by another file
     key_id: str  # the PKESK recipient that was used
     cipher: str
@@ -199,7 +199,9 @@ def _raw_chunks(src: BinaryIO, pool: BufferPool, tap: _Worker) -> Any:
 
 def reencrypt(src: BinaryIO, dst: BinaryIO, private_key: OpenPGPPrivateKey, vault_public_key: bytes, *,
               block_size: int = DEFAULT_BLOCK_SIZE,
-              on_session_key: Callable[[SessionKey], None] | None = None) -> ReencryptResult:
+              on_session_key: Callable[[SessionKey], None] | None = None,
+              encrypted_algorithms: tuple[str, ...] = ("md5", "sha256"),
+              hash_output: bool = True) -> ReencryptResult:
     """Decrypt the OpenPGP file ``src`` and write it Crypt4GH-encrypted to ``vault_public_key`` into ``dst``.
 
     ``on_session_key`` is called once the session key is known and before any
@@ -208,7 +210,9 @@ def reencrypt(src: BinaryIO, dst: BinaryIO, private_key: OpenPGPPrivateKey, vaul
     """
     if block_size < 64 << 10:
         raise ValueError("block_size must be at least 64 KiB")
-    cipher_hasher = MultiHasher(("md5", "sha256"))
+    # Every digest costs CPU on a 2-core budget: the flow asks only for the ciphertext
+    # algorithm it must compare, and lets the vault put hash the output it re-reads anyway.
+    cipher_hasher = MultiHasher(encrypted_algorithms)
     plain_hasher = MultiHasher(("sha256", "md5"))
     out_hasher = hashlib.sha256()
     data_key = os.urandom(32)
@@ -217,7 +221,7 @@ def reencrypt(src: BinaryIO, dst: BinaryIO, private_key: OpenPGPPrivateKey, vaul
     cipher_w = _Worker("cipher", cipher_hasher.update)
     mdc = _WorkerDigest()
     plain_w = _Worker("plain", plain_hasher.update)
-    out_w = _Worker("out", out_hasher.update)
+    out_w = _Worker("out", out_hasher.update if hash_output else (lambda data, owner=None: None))
     sink = _Crypt4GHSink(dst, data_key, out_w, block_size)
     c4gh_w = _Worker("c4gh", sink.write)
     workers = [cipher_w, mdc.worker, plain_w, c4gh_w, out_w]
@@ -250,7 +254,7 @@ def reencrypt(src: BinaryIO, dst: BinaryIO, private_key: OpenPGPPrivateKey, vaul
         encrypted=Digest(cipher_hasher.size, cipher_hasher.hexdigests()),
         plaintext=Digest(plain_hasher.size, plain_hasher.hexdigests()),
         output_size=len(header) + sink.written,
-        output_sha256=out_hasher.hexdigest(),
+        output_sha256=out_hasher.hexdigest() if hash_output else None,
         session_key_sha256=state.session.sha256,
         key_id=state.session.key_id,
         cipher=state.session.cipher,

@@ -43,7 +43,7 @@ class Located:
 class Staged:
     name: str
     size: int
-    sha256: str
+    sha256: str | None  # of the staged Crypt4GH file, when the pass computed it
     encrypted: dict[str, str]
     encrypted_size: int
     plaintext: dict[str, str]
@@ -144,7 +144,9 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> 
         # Refuse a reused session key before a single byte is decrypted.
         result = reencrypt(ProgressReader(raw, progress), out, private_key, cfg.vault_public_key,
                            on_session_key=lambda sk: records.claim_session_key(
-                               cfg.registry, sk.sha256, located.upload, located.file_id))
+                               cfg.registry, sk.sha256, located.upload, located.file_id),
+                           # only the digest we must compare; the vault put hashes the output
+                           encrypted_algorithms=(located.upload.checksum_type,), hash_output=False)
     progress.finish()
     staged = Staged(name, result.output_size, result.output_sha256, dict(result.encrypted.checksums),
                     result.encrypted.size, dict(result.plaintext.checksums), result.plaintext.size)
@@ -176,10 +178,11 @@ def archive(cfg: EgaConfig, msg: EgaMessage, located: Located, staged: Staged,
     key = vault_key(msg, located)
     with open(cfg.staging.path(staged.name), "rb") as fh:
         put = cfg.vault.put_stream(key, fh, size_hint=staged.size, algorithms=("sha256",))
+    archived_sha256 = put.checksums["sha256"]
     try:
-        if put.size != staged.size or put.checksums["sha256"] != staged.sha256:
+        if put.size != staged.size or (staged.sha256 and archived_sha256 != staged.sha256):
             raise RuntimeError(f"vault copy of {staged.name} differs from staging while writing")
-        cfg.vault.verify(key, size=staged.size, sha256=staged.sha256)
+        cfg.vault.verify(key, size=staged.size, sha256=archived_sha256)
     except BaseException:
         cfg.vault.delete(key)
         raise
@@ -189,7 +192,7 @@ def archive(cfg: EgaConfig, msg: EgaMessage, located: Located, staged: Staged,
         upload_size=staged.encrypted_size,
         decrypted_checksum=staged.plaintext["sha256"], decrypted_checksum_type="sha256",
         decrypted_md5=staged.plaintext.get("md5"), decrypted_sha256=staged.plaintext["sha256"],
-        decrypted_size=staged.plaintext_size, archive_checksum=staged.sha256, archive_checksum_type="sha256",
+        decrypted_size=staged.plaintext_size, archive_checksum=archived_sha256, archive_checksum_type="sha256",
         archive_size=staged.size, archive_uri=put.uri, archive_key=key,
     )
     cfg.staging.remove(staged.name)
