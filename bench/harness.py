@@ -62,6 +62,7 @@ def run_command(name: str, argv: Sequence[str] | str, *, nbytes: int = 0, shell:
     """Run an external command under GNU time; peak RSS is the largest of the command's processes.
 
     GNU time is a tiny parent, so the RSS it reports is the command's, not inherited from us.
+    Commands always run through bash, so ``shell`` only documents that ``argv`` is a pipeline.
     """
     import shlex
     import tempfile

@@ -274,6 +274,3 @@ def result_summary(msg: EgaMessage, row: dict[str, Any] | None, state: str, erro
         out["error"] = error
     return out
 
-
-def staged_path(cfg: EgaConfig, staged: Staged) -> Path:
-    return cfg.staging.path(staged.name)

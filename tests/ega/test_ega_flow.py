@@ -210,14 +210,10 @@ def test_user_errors_report_files_error_and_leave_nothing(ega_env: EgaEnv, gpg, 
     assert summary["state"] == "ERROR"
     assert expected.lower() in summary["error"].lower(), summary["error"]
     errors = [(b, p) for rk, b, p in ega_env.messages("cega") if rk == "files.error"]
-    if case == "unsupported algorithm":
-        # rejected before any work starts: the CLI (like the listener) answers without a run
-        assert errors == [] or errors[0][0]["status"]["state"] == "ERROR"
-    else:
-        assert len(errors) == 1
-        body, props = errors[0]
-        assert body["status"]["state"] == "ERROR" and expected.lower() in body["status"]["details"].lower()
-        assert body["stable_id"] == msg["stable_id"] and props.correlation_id == "corr-err"
+    assert len(errors) == 1
+    body, props = errors[0]
+    assert body["status"]["state"] == "ERROR" and expected.lower() in body["status"]["details"].lower()
+    assert body["stable_id"] == msg["stable_id"] and props.correlation_id == "corr-err"
     assert ega_env.staging_files() == []
     assert ega_env.vault_files() == []
 
