@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ log = logging.getLogger("archive-ingest")
 
 def init_home(*, registry_dsn: str | None = None, amqp_url: str | None = None, webhook_url: str | None = None,
               s3_bucket: str | None = None, s3_endpoint: str | None = None, overwrite: bool = False,
-              passphrase: str | None = None) -> dict[str, Any]:
+              passphrase: str | None = None, prefect_database: str | None = None) -> dict[str, Any]:
     """Create INGEST_HOME, the archive keys, the registry schema and the default block documents."""
     from pydantic import SecretStr
 
@@ -32,22 +33,37 @@ def init_home(*, registry_dsn: str | None = None, amqp_url: str | None = None, w
 
     for name in SUBDIRS:
         home_path(name)
-    keys = _ensure_keys(home_path("keys"), passphrase)
-    registry = open_registry(registry_dsn)
-    registry.close()
-    vault = VaultBlock.for_s3(s3_bucket, endpoint_url=s3_endpoint) if s3_bucket else VaultBlock()
-    documents = {
-        VaultBlock: vault,
-        RegistryBlock: RegistryBlock(dsn=SecretStr(registry_dsn) if registry_dsn else None),
-        BrokerBlock: BrokerBlock(amqp_url=SecretStr(amqp_url) if amqp_url else None,
-                                 webhook_url=SecretStr(webhook_url) if webhook_url else None),
-        KeyserverBlock: KeyserverBlock(key_file=keys.get("pgp_private"),
-                                       passphrase=SecretStr(keys["passphrase"]) if keys.get("passphrase") else None,
-                                       c4gh_public_key=keys.get("c4gh_public")),
-    }
-    blocks = save_defaults(documents, overwrite=overwrite)
+    with ExitStack() as stack:
+        if prefect_database:  # first: the block documents below are saved through this API
+            from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+            from tasks.prefect_database import use_for_local_runs
+
+            target = use_for_local_runs(prefect_database)
+            stack.enter_context(temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: target}))
+        keys = _ensure_keys(home_path("keys"), passphrase)
+        registry = open_registry(registry_dsn)
+        registry.close()
+        vault = VaultBlock.for_s3(s3_bucket, endpoint_url=s3_endpoint) if s3_bucket else VaultBlock()
+        documents = {
+            VaultBlock: vault,
+            RegistryBlock: RegistryBlock(dsn=SecretStr(registry_dsn) if registry_dsn else None),
+            BrokerBlock: BrokerBlock(amqp_url=SecretStr(amqp_url) if amqp_url else None,
+                                     webhook_url=SecretStr(webhook_url) if webhook_url else None),
+            KeyserverBlock: KeyserverBlock(key_file=keys.get("pgp_private"),
+                                           passphrase=SecretStr(keys["passphrase"]) if keys.get("passphrase") else None,
+                                           c4gh_public_key=keys.get("c4gh_public")),
+        }
+        blocks = save_defaults(documents, overwrite=overwrite)
     return {"ingest_home": str(ingest_home()), "keys": {k: v for k, v in keys.items() if k != "passphrase"},
-            "blocks": blocks, "registry": "embedded" if not registry_dsn else "external"}
+            "blocks": blocks, "registry": "embedded" if not registry_dsn else "external",
+            "prefect_database": _prefect_database(prefect_database)}
+
+
+def _prefect_database(chosen: str | None) -> str:
+    from tasks.prefect_database import current, sqlalchemy_url
+
+    return current() if not chosen else sqlalchemy_url(chosen).rsplit("@", 1)[-1]
 
 
 def _ensure_keys(keys_dir: Path, passphrase: str | None) -> dict[str, str]:
@@ -79,9 +95,13 @@ def _register_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--s3-bucket", help="use an S3 vault in this bucket (default: INGEST_HOME/vault)")
     p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL")
     p.add_argument("--force", action="store_true", help="overwrite existing block documents")
+    p.add_argument("--prefect-database", metavar="URL",
+                   help="PostgreSQL for the local Prefect API's runs (created if missing; recorded in the Prefect "
+                        "profile under INGEST_HOME). Default: Prefect's SQLite, which stalls ~2 s in about every "
+                        "second local run")
     p.set_defaults(handler=lambda a: emit(init_home(
         registry_dsn=a.registry_dsn, amqp_url=a.amqp_url, webhook_url=a.webhook_url, s3_bucket=a.s3_bucket,
-        s3_endpoint=a.s3_endpoint, overwrite=a.force)))
+        s3_endpoint=a.s3_endpoint, overwrite=a.force, prefect_database=a.prefect_database)))
 
 
 # ---------------------------------------------------------------- outbox

@@ -24,6 +24,9 @@ def artifact_key(domain: str, name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{domain}-{name}".lower()).strip("-")[:100]
 
 
+MAX_REPORTED_EVENTS = 50
+
+
 def ingest_report(domain: str, name: str, summary: dict[str, Any], *, events: list[dict[str, Any]] = (),
                   files: list[dict[str, Any]] = (), timings: dict[str, float] | None = None) -> None:
     if not _in_run():
@@ -41,7 +44,12 @@ def ingest_report(domain: str, name: str, summary: dict[str, Any], *, events: li
     if timings:
         lines += ["", "| step | seconds |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in timings.items()]
     if events:
-        lines += ["", "## Events", "", "| time | type | subject | outcome | detail |", "|---|---|---|---|---|"]
+        events = list(events)
+        lines += ["", "## Events", ""]
+        if len(events) > MAX_REPORTED_EVENTS:  # a cube re-checked nightly gathers one event per run
+            lines += [f"The latest {MAX_REPORTED_EVENTS} of {len(events)}; the registry holds them all.", ""]
+            events = events[-MAX_REPORTED_EVENTS:]
+        lines += ["| time | type | subject | outcome | detail |", "|---|---|---|---|---|"]
         for e in events:
             detail = str(e.get("detail") or "").replace("|", "\\|")
             lines.append(f"| {e.get('occurred_at')} | {e.get('event_type')} | {e.get('subject')} | "

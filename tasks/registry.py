@@ -256,7 +256,12 @@ def resolve_dsn(dsn: str | None = None) -> str:
 
 
 def open_registry(dsn: str | None = None, *, migrate: bool = True) -> Registry:
+    """A registry whose schema is current; checked once per process and database, not per flow."""
     registry = Registry(resolve_dsn(dsn))
-    if migrate:
+    if migrate and registry.dsn not in _MIGRATED:
         registry.migrate()
+        _MIGRATED.add(registry.dsn)
     return registry
+
+
+_MIGRATED: set[str] = set()

@@ -26,6 +26,34 @@ PG_ADMIN_DSN = os.environ.get("INGEST_TEST_PG", "postgresql://postgres@127.0.0.1
 AMQP_URL = os.environ.get("INGEST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
+def _create_database(prefix: str) -> str:
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def _drop_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# The session's Prefect API keeps its state in PostgreSQL, as a production server does.
+# On Prefect's default SQLite the task-run recorder's writes collide with the next
+# create_flow_run (SQLITE_BUSY_SNAPSHOT: a 503 the client retries after 2 s), which
+# stalls about every second flow run. Set before Prefect is imported: it reads its
+# settings once, and the API subprocess inherits them.
+if "INGEST_TEST_PREFECT_DB" not in os.environ:
+    os.environ["INGEST_TEST_PREFECT_DB"] = _create_database("prefect_test")
+    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
+        PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+        + "/" + os.environ["INGEST_TEST_PREFECT_DB"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,15 +72,9 @@ def ingest_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def pg_dsn() -> str:
     """A scratch database on the real PostgreSQL, dropped at the end of the session."""
-    import psycopg
-
-    name = f"ingest_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    name = _create_database("ingest_test")
+    yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    _drop_database(name)
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +119,57 @@ def unique() -> str:
 
 @pytest.fixture(scope="session")
 def prefect_api():
-    """One Prefect test harness (temporary server + database) for the whole session (~13 s to start)."""
-    from prefect.testing.utilities import prefect_test_harness
+    """One temporary Prefect API server for the whole session, on the scratch PostgreSQL database.
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    ``prefect_test_harness`` without its SQLite override: the same subprocess server,
+    registered as the process default so flow runs find it.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer(port=free_port())
+    prior = SubprocessASGIServer._instances.get(None)
+    SubprocessASGIServer._instances[None] = server
+    server.start(timeout=120)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            _drain_prefect_workers()
+    finally:
+        server.stop()
+        if prior is not None:
+            SubprocessASGIServer._instances[None] = prior
+        else:
+            SubprocessASGIServer._instances.pop(None, None)
+
+
+def _drain_prefect_workers() -> None:
+    """Ship buffered logs and events before the server goes (else they error at shutdown)."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_prefect_database():
+    yield
+    if os.environ.get("INGEST_TEST_PREFECT_DB", "").startswith("prefect_test_"):
+        try:
+            _drop_database(os.environ["INGEST_TEST_PREFECT_DB"])
+        except Exception:  # a server still shutting down: the database is a scratch one anyway
+            pass

@@ -31,9 +31,8 @@ BATCH_WORKERS = 2
 class Steps:
     """The steps of one cube, either as Prefect tasks (one run per cube) or as plain calls (inside a batch)."""
 
-    open_order: Callable
-    examine: Callable
-    record_skip: Callable
+    start: Callable
+    finish_unchanged: Callable
     verify: Callable
     describe: Callable
     record: Callable
@@ -42,12 +41,11 @@ class Steps:
     complete: Callable
 
 
-PLAIN = Steps(steps.open_order, steps.examine, steps.record_skip, steps.verify, steps.describe, steps.record,
+PLAIN = Steps(steps.start, steps.finish_unchanged, steps.verify, steps.describe, steps.record,
               steps.make_previews, steps.submit_to_svo, steps.complete)
 TASKS = Steps(
-    open_order=ingest_task(steps.open_order, name="open-work-order"),
-    examine=ingest_task(steps.examine, name="read-headers"),
-    record_skip=ingest_task(steps.record_skip, name="record-skip"),
+    start=ingest_task(steps.start, name="open-order-read-headers"),
+    finish_unchanged=ingest_task(steps.finish_unchanged, name="finish-unchanged", retries=5),
     verify=ingest_task(steps.verify, name="verify-checksums"),
     describe=ingest_task(steps.describe, name="describe-cube", retries=1),
     record=ingest_task(steps.record, name="record-in-registry", retries=5),
@@ -58,23 +56,27 @@ TASKS = Steps(
 
 
 def ingest_one(cfg: FitsConfig, request: CubeRequest, run: Steps, flow_run_id: str | None = None) -> dict[str, Any]:
-    """The order of the steps for one cube; raises on failure after recording it on the work order."""
+    """The order of the steps for one cube; raises on failure after recording it on the work order.
+
+    An unchanged cube takes two steps (start, finish-unchanged) plus SVO when asked.
+    """
     timer = steps.Timer()
-    order = examined = recorded = checksums = None
+    order = examined = recorded = checksums = previews = None
     try:
-        order = timer("work order", run.open_order, cfg, request, flow_run_id)
-        examined = timer("headers", run.examine, cfg, order, request)
+        order, examined = timer("work order + headers", run.start, cfg, request, flow_run_id)
         if examined.skip:
-            recorded = timer("skip", run.record_skip, cfg, order, examined, flow_run_id)
+            recorded, previews, row = timer("skip", run.finish_unchanged, cfg, order, examined, request, flow_run_id)
+            svo = timer("svo", run.submit_to_svo, cfg, recorded.cube["oid"]) if request.submit_to_svo else None
         else:
             checksums = timer("checksums", run.verify, cfg, order, examined)
             rows = timer("describe", run.describe, cfg, order, request, examined, checksums)
             recorded = timer("record", run.record, cfg, order, rows, flow_run_id)
-        previews = (timer("previews", run.previews, cfg, order, recorded, examined.change_key)
-                    if request.previews else None)
-        svo = timer("svo", run.submit_to_svo, cfg, recorded.cube["oid"]) if request.submit_to_svo else None
-        row = timer("complete", run.complete, cfg, order, examined, recorded, skipped=examined.skip)
+            previews = (timer("previews", run.previews, cfg, order, recorded, examined.change_key)
+                        if request.previews else None)
+            svo = timer("svo", run.submit_to_svo, cfg, recorded.cube["oid"]) if request.submit_to_svo else None
+            row = timer("complete", run.complete, cfg, order, examined, recorded, skipped=False)
     except BaseException as exc:
+        order = order or getattr(exc, "fits_order", None)
         row = steps.fail(cfg, order, recorded.ingest_id if recorded else None, exc)
         exc.fits_summary = steps.result_summary(  # type: ignore[attr-defined]
             state="failed", path=order.path if order else request.relative_path, order_row=row,

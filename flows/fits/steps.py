@@ -67,19 +67,20 @@ def default_science_root() -> Path:
 def load_config(block_name: str = "default", *, science_root: str | None = None,
                 preview_root: str | None = None) -> FitsConfig:
     from blocks.broker import BrokerBlock
-    from blocks.register import load_block
+    from blocks.register import load_blocks
     from blocks.registry import RegistryBlock
     from blocks.svo import SvoBlock
 
     root = Path(science_root).resolve() if science_root else default_science_root()
     if not root.is_dir():
         raise UserError(f"the science-data root {root} is not a directory")
+    registry, svo, broker = load_blocks([RegistryBlock, SvoBlock, BrokerBlock], block_name)
     return FitsConfig(
-        registry=load_block(RegistryBlock, block_name).open(),
+        registry=registry.open(),
         science_root=root,
         preview_root=Path(preview_root) if preview_root else home_path("previews"),
-        svo=load_block(SvoBlock, block_name),
-        transport=load_block(BrokerBlock, block_name).transport(),
+        svo=svo,
+        transport=broker.transport(),
         block_name=block_name,
     )
 
@@ -249,6 +250,29 @@ def record_skip(cfg: FitsConfig, order: Order, examined: Examined, flow_run_id: 
                "header and metadata steps skipped")
     run_logger().info("%s is unchanged (%s): header and metadata steps skipped", order.path, examined.change_key[:40])
     return Recorded(cube, ingest.id)
+
+
+def start(cfg: FitsConfig, request: CubeRequest, flow_run_id: str | None = None) -> tuple[Order, Examined]:
+    """Steps 1-3 together: open the work order and read the headers; one task, so a skip costs two."""
+    order = open_order(cfg, request, flow_run_id)
+    try:
+        return order, examine(cfg, order, request)
+    except BaseException as exc:
+        exc.fits_order = order  # type: ignore[attr-defined]  # so the failure lands on this work order
+        raise
+
+
+def finish_unchanged(cfg: FitsConfig, order: Order, examined: Examined, request: CubeRequest,
+                     flow_run_id: str | None = None) -> tuple[Recorded, dict[str, Any] | None, dict[str, Any]]:
+    """The whole skip path after the header read: event, preview check and completion in one task.
+
+    A Prefect task run costs milliseconds while this work costs about one, so splitting it
+    would make an unchanged re-ingest mostly orchestration.
+    """
+    recorded = record_skip(cfg, order, examined, flow_run_id)
+    previews = make_previews(cfg, order, recorded, examined.change_key) if request.previews else None
+    row = complete(cfg, order, examined, recorded, skipped=True)
+    return recorded, previews, row
 
 
 # ---------------------------------------------------------------- 4. fixity

@@ -165,6 +165,22 @@ def _artifact(name: str) -> str:
     return found[-1].data
 
 
+def _task_run_names(flow_run_id, expect: int, timeout: float = 20.0) -> list[str]:
+    """Task runs reach the API through events, so wait until ``expect`` of them are recorded."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        if len(runs) >= expect or time.monotonic() > deadline:
+            return sorted(r.name.rsplit("-", 1)[0] for r in runs)
+        time.sleep(0.2)
+
+
 @pytest.mark.integration
 @pytest.mark.prefect
 def test_unchanged_cube_is_skipped_force_reingests_and_a_change_is_noticed(fits_env):
@@ -180,6 +196,11 @@ def test_unchanged_cube_is_skipped_force_reingests_and_a_change_is_noticed(fits_
     assert second["work_order"]["attempts"] == 2 and second["work_order"]["state"] == "Completed"
     assert "describe" not in second["timings"] and "checksums" not in second["timings"]
     assert second["previews"]["regenerated"] is False and full.stat().st_mtime_ns == mtime
+    with fits_env.registry() as r:
+        skip_run = _one(r, "SELECT flow_run_id FROM fits_work_orders WHERE path = %s",
+                        (second["path"],))["flow_run_id"]
+    # the skip path is two task runs, not the first ingest's seven: they are most of its cost
+    assert _task_run_names(skip_run, expect=2) == ["finish-unchanged", "open-order-read-headers"]
     with fits_env.registry() as r:
         ingest = _one(r, "SELECT * FROM ingests WHERE domain = 'fits' AND natural_key = %s", (first["oid"],))
         skipped = [e for e in r.events(ingest["id"]) if e["outcome"] == "skipped"]

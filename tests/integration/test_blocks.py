@@ -31,3 +31,39 @@ def test_blocks_save_load_and_fall_back(prefect_api, unique: str, tmp_path) -> N
     assert "hunter2" not in str(describe(broker)) and "hunter2" not in repr(broker)
     assert "hunter2" not in repr(broker.transport())
     assert load_block(RegistryBlock, name).dsn is None
+
+
+def test_load_blocks_reads_several_documents_in_one_request(prefect_api, unique: str, tmp_path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a flow loads before its first step: the saved documents, secrets included, in the order asked."""
+    from prefect.blocks.core import Block
+
+    from blocks.broker import BrokerBlock
+    from blocks.register import load_block, load_blocks, save_defaults
+    from blocks.registry import RegistryBlock
+    from blocks.svo import SvoBlock
+    from blocks.vault import VaultBlock
+
+    name = f"multi-{unique}"
+    other = f"other-{unique}"
+    save_defaults({VaultBlock: VaultBlock(root=str(tmp_path)),
+                   RegistryBlock: RegistryBlock(dsn=SecretStr("postgresql://u:pw1@h/db")),
+                   BrokerBlock: BrokerBlock(amqp_url=SecretStr("amqp://u:pw2@h/"))}, name=name)
+    save_defaults({VaultBlock: VaultBlock(root=str(tmp_path / "other"))}, name=other)  # same types, other name
+
+    loads = []
+    monkeypatch.setattr(Block, "load", classmethod(lambda cls, *a, **k: loads.append(cls) or None))
+    registry, broker, vault, svo = load_blocks([RegistryBlock, BrokerBlock, VaultBlock, SvoBlock], name)
+    assert loads == []  # one filter request, not a Block.load per type
+    monkeypatch.undo()
+
+    assert registry.dsn.get_secret_value() == "postgresql://u:pw1@h/db"
+    assert broker.amqp_url.get_secret_value() == "amqp://u:pw2@h/"
+    assert vault.root == str(tmp_path)
+    assert svo.model_dump() == load_block(SvoBlock, name).model_dump()
+    assert [type(b) for b in load_blocks([VaultBlock], other)] == [VaultBlock]
+    assert load_blocks([VaultBlock], other)[0].root == str(tmp_path / "other")
+
+    # the fallback rule of load_block: defaults for "default" only
+    with pytest.raises(ValueError, match="missing"):
+        load_blocks([VaultBlock, BrokerBlock], f"missing-{unique}")
