@@ -10,6 +10,9 @@
    The fixed cost of any Prefect flow run here (an empty ``@flow``) is printed beside it.
 2. ``--cubes`` (default 500) small cubes through ``ingest-fits-directory`` (batches of
    ``--batch-size``), then the same directory again (every cube skipped): cubes/second.
+3. The same cubes queued one request each (``fits PATH --queue``) and drained by one
+   ``process-fits-work-orders`` run: what an unchanged cube adds to a run, against the
+   first ingests of part 1 (an unchanged cube costs a header read whatever its size).
 
 The registry is a scratch database on $INGEST_BENCH_PG (default the local server). Prefect
 is the ephemeral API, on a scratch PostgreSQL database there too (``--prefect-db postgres``,
@@ -237,6 +240,30 @@ def main() -> int:
             print("|---|---|---|---|---|")
             for label, seconds, counts, batches in rows:
                 print(f"| {label} | {seconds:.1f} | {args.cubes / seconds:.1f} | {batches} | {counts} |")
+
+            # ---------------------------------------------------------------- 3. queued single-cube requests
+            from flows.fits import records
+            from flows.fits.steps import load_config
+
+            relative = sorted(p.relative_to(science).as_posix() for p in bulk.rglob("*.fits"))
+            empty_run = median([timed(fits_flow.process_work_orders) for _ in range(args.repeat)])
+            cfg = load_config()
+            try:
+                records.queue_orders(cfg.registry, relative, {"previews": True})   # `fits PATH --queue` each
+            finally:
+                cfg.close()
+            seconds, summary = timed(fits_flow.process_work_orders, batch_size=args.batch_size)
+            assert summary["counts"] == {"ingested": 0, "skipped": args.cubes, "failed": 0}, summary["counts"]
+            per_cube = (seconds - empty_run) / args.cubes
+            print("\n## Queued requests (`fits PATH --queue`, then one process-fits-work-orders run)\n")
+            print(f"{args.cubes} unchanged cubes in one run: {seconds:.2f} s; a run with an empty queue: "
+                  f"{empty_run:.3f} s; so each unchanged cube adds {1000 * per_cube:.1f} ms.\n")
+            print("| cube | page cache | first ingest (flow) s | unchanged, queued: per cube s | ratio | target |")
+            print("|---|---|---|---|---|---|")
+            for size_mib, cold, result in details:
+                first = median(result["flow"][0])
+                print(f"| {size_mib} MiB | {'cold' if cold else 'warm'} | {first:.3f} | {per_cube:.4f} | "
+                      f"{100 * per_cube / first:.1f}% | <= 5% |")
     finally:
         for name in scratch:
             drop_database(admin, name)

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--pool", default="ingest", help="process work pool name")
     d.set_defaults(handler=_deploy)
     s = sub.add_parser("schedule", help="change a scheduled deployment's cron (kept across redeploys)")
-    s.add_argument("deployment", choices=["apt-scan", "svo-sync", "ega-inbox"])
+    s.add_argument("deployment", choices=["apt-scan", "svo-sync", "ega-inbox", "fits-work-orders"])
     s.add_argument("--cron", required=True, help='e.g. "*/5 * * * *"')
     s.add_argument("--timezone", default="UTC")
     s.set_defaults(handler=_schedule)

@@ -19,6 +19,7 @@ SCHEDULED = {  # deployment name -> flow name, for the ones prefect.yaml schedul
     "apt-scan": "scan-apt-receiving-buckets",
     "svo-sync": "sync-with-svo",
     "ega-inbox": "notify-inbox",
+    "fits-work-orders": "process-fits-work-orders",
 }
 
 

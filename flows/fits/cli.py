@@ -1,4 +1,4 @@
-"""``python flows/run.py fits | fits-dir | fits-reingest | svo-sync | fits-access``.
+"""``python flows/run.py fits | fits-work-orders | fits-dir | fits-reingest | svo-sync | fits-access``.
 
 Every command ends with one JSON line. Exit codes: 0 ingested/skipped (fits-access:
 access granted), 1 bad input (fits-access: no access), 2 system error.
@@ -30,6 +30,45 @@ def run_cube(path: str, *, oid: str | None = None, force: bool = False, previews
     except Exception as exc:
         code = EXIT_USER_ERROR if is_user_error(exc) else EXIT_SYSTEM_ERROR
         return code, failure_summary(path, exc, config_block, science_root)
+
+
+def queue_cube(path: str, *, oid: str | None = None, force: bool = False, previews: bool = True,
+               submit_to_svo: bool = False, owner_emails: list[str] | None = None, swedish_data: bool = False,
+               config_block: str = "default", science_root: str | None = None) -> tuple[int, dict[str, Any]]:
+    """Queue the cube for ``process-fits-work-orders`` and return at once (no flow run of its own)."""
+    from flows.fits.records import work_order
+    from flows.fits.steps import CubeRequest, describe_error, load_config, queue_request
+    from tasks.errors import is_user_error
+
+    request = CubeRequest(path, oid, tuple(owner_emails or ()), swedish_data, force, previews, submit_to_svo)
+    try:
+        cfg = load_config(config_block, science_root=science_root)
+        try:
+            row = queue_request(cfg, request)
+        finally:
+            cfg.close()
+    except Exception as exc:
+        code = EXIT_USER_ERROR if is_user_error(exc) else EXIT_SYSTEM_ERROR
+        return code, {"oid": None, "state": "failed", "path": path, "work_order": None, "error": describe_error(exc)}
+    # an order already Started stays with its processor; the request is not lost, it is that run's
+    return EXIT_OK, {"oid": row["oid"], "state": "queued" if row["state"] == "Queued" else row["state"].lower(),
+                     "path": row["path"], "work_order": work_order(row)}
+
+
+def run_work_orders(*, limit: int = 1000, batch_size: int | None = None, config_block: str = "default",
+                    science_root: str | None = None) -> tuple[int, dict[str, Any]]:
+    from flows.fits.flow import DEFAULT_BATCH_SIZE, process_work_orders
+    from flows.fits.steps import describe_error
+    from tasks.errors import is_user_error
+
+    try:
+        with local_run():
+            summary = process_work_orders(limit=limit, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                                          config_block=config_block, science_root=science_root)
+    except Exception as exc:
+        code = EXIT_USER_ERROR if is_user_error(exc) else EXIT_SYSTEM_ERROR
+        return code, {"root": "work orders", "state": "failed", "error": describe_error(exc)}
+    return _bulk_code(summary), summary
 
 
 def _bulk_code(summary: dict[str, Any]) -> int:
@@ -102,9 +141,17 @@ def check_access(oid: str, user: str | None, groups: list[str], *, on: dt.date |
 
 
 def _fits(args: argparse.Namespace) -> int:
-    code, summary = run_cube(args.path, oid=args.oid, force=args.force, previews=not args.no_previews,
+    runner = queue_cube if args.queue else run_cube
+    code, summary = runner(args.path, oid=args.oid, force=args.force, previews=not args.no_previews,
                              submit_to_svo=args.svo, owner_emails=args.owner, swedish_data=args.swedish,
                              config_block=args.config, science_root=args.science_root)
+    emit(summary)
+    return code
+
+
+def _fits_work_orders(args: argparse.Namespace) -> int:
+    code, summary = run_work_orders(limit=args.limit, batch_size=args.batch_size, config_block=args.config,
+                                    science_root=args.science_root)
     emit(summary)
     return code
 
@@ -157,7 +204,8 @@ def _common(p: argparse.ArgumentParser, *, root: bool = True) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fits", help="ingest one FITS cube (path relative to the science-data root, or inside it)",
-                       description="Prints one JSON line {oid, state: ingested|skipped|failed, work_order, error?}; "
+                       description="Prints one JSON line {oid, state: ingested|skipped|failed (queued with --queue), "
+                                   "work_order, error?}; "
                                    "exit 0 ingested/skipped, 1 bad input, 2 system error.")
     p.add_argument("path", help="cube path, relative to the science-data root or absolute inside it; ends in .fits")
     p.add_argument("--oid", help="observation id to use instead of DATE-BEG_FILTER1_scans")
@@ -166,8 +214,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--svo", action="store_true", help="submit the cube's record to the SVO")
     p.add_argument("--owner", action="append", default=[], metavar="EMAIL", help="grant access before release")
     p.add_argument("--swedish", action="store_true", help="grant the Swedish user group access before release")
+    p.add_argument("--queue", action="store_true",
+                   help="only queue a work order (state: queued) for fits-work-orders / the fits-work-orders "
+                        "deployment, and return at once")
     _common(p)
     p.set_defaults(handler=_fits)
+
+    w = sub.add_parser("fits-work-orders", help="process the queued FITS work orders now, in bounded batches")
+    w.add_argument("--limit", type=int, default=1000, help="at most this many orders (default 1000)")
+    w.add_argument("--batch-size", type=int, help="cubes per task run (default 25)")
+    _common(w)
+    w.set_defaults(handler=_fits_work_orders)
 
     d = sub.add_parser("fits-dir", help="ingest every .fits under a directory, in bounded batches")
     d.add_argument("root", help="directory, relative to the science-data root or absolute inside it")

@@ -146,20 +146,27 @@ def failure_summary(relative_path: str, exc: BaseException, config_block: str = 
 # ---------------------------------------------------------------- bulk: batches of plain calls
 
 
+def request_from_options(path: str, options: dict[str, Any]) -> CubeRequest:
+    """The request a work order's stored options describe (``CubeRequest.options`` in reverse)."""
+    return CubeRequest(path, options.get("oid") or None, tuple(options.get("owner_emails") or ()),
+                       bool(options.get("swedish_data")), bool(options.get("force")),
+                       bool(options.get("previews", True)), bool(options.get("submit_to_svo")))
+
+
 def ingest_batch(config_block: str, science_root: str | None, paths: list[str], options: dict[str, Any],
-                 flow_run_id: str | None = None, retries: int = 2) -> list[dict[str, Any]]:
+                 flow_run_id: str | None = None, retries: int = 2,
+                 per_path: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Ingest cubes one after another; one cube's failure is recorded on its order and the batch goes on.
 
     Transient failures are retried per cube with backoff, so a blip does not re-run the whole batch.
+    ``per_path`` overrides ``options`` for a path (queued work orders each carry their own).
     """
     log = steps.run_logger()
     cfg = load_config(config_block, science_root=science_root)
     results: list[dict[str, Any]] = []
     try:
         for path in paths:
-            request = CubeRequest(path, None, tuple(options.get("owner_emails") or ()),
-                                  bool(options.get("swedish_data")), bool(options.get("force")),
-                                  bool(options.get("previews", True)), bool(options.get("submit_to_svo")))
+            request = request_from_options(path, (per_path or {}).get(path, options))
             for attempt in range(retries + 1):
                 try:
                     results.append(ingest_one(cfg, request, PLAIN, flow_run_id))
@@ -252,6 +259,43 @@ def ingest_fits_directory(root: str = ".", force: bool = False, previews: bool =
         summary = bulk_summary(relative, results, batches)
         steps.notify_status(cfg, summary)
         _bulk_report(f"dir {relative}", summary)
+        return summary
+    finally:
+        cfg.close()
+
+
+def _claim(cfg: FitsConfig, limit: int, stale_after_s: float, flow_run_id: str | None) -> list[dict[str, Any]]:
+    return records.claim_orders(cfg.registry, limit, stale_after_s, flow_run_id)
+
+
+claim_work = ingest_task(_claim, name="claim-work-orders")
+
+
+@flow(name="process-fits-work-orders", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
+      description="Drain queued FITS work orders (python flows/run.py fits PATH --queue) in bounded batches: "
+                  "many requests share one run, so an unchanged cube costs a header read, not a flow run.")
+def process_work_orders(limit: int = 1000, batch_size: int = DEFAULT_BATCH_SIZE, stale_after_minutes: float = 360,
+                        config_block: str = "default", science_root: str | None = None) -> dict[str, Any]:
+    if limit < 1:
+        raise UserError("limit must be at least 1")
+    if batch_size < 1:
+        raise UserError("batch_size must be at least 1")
+    cfg = load_config(config_block, science_root=science_root)
+    try:
+        run_id = _flow_run_id()
+        claimed = claim_work(cfg, limit, stale_after_minutes * 60, run_id)
+        per_path = {row["path"]: dict(row["options"] or {}) for row in claimed}
+        paths = list(per_path)
+        get_run_logger().info("%d queued work order(s) claimed; batches of %d", len(paths), batch_size)
+        batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+        futures = [ingest_batch_task.submit(config_block, science_root, batch, {}, run_id,
+                                           per_path={path: per_path[path] for path in batch})
+                   for batch in batches]
+        results = [summary for future in futures for summary in future.result()]
+        summary = bulk_summary("work orders", results, len(batches))
+        if results:
+            steps.notify_status(cfg, summary)
+            _bulk_report("work-orders", summary)
         return summary
     finally:
         cfg.close()

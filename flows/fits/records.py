@@ -86,6 +86,27 @@ def queue_orders(reg: Registry, paths: Sequence[str], options: dict[str, Any],
     return len(rows)
 
 
+def claim_orders(reg: Registry, limit: int, stale_after_s: float,
+                 flow_run_id: str | None = None) -> list[dict[str, Any]]:
+    """Take up to ``limit`` Queued orders (oldest first) for one processor, moving them to Started.
+
+    ``SKIP LOCKED`` lets several processors drain one queue without taking the same order.
+    A Started order older than ``stale_after_s`` is taken again: its processor died.
+    """
+    return reg.execute(
+        """
+        UPDATE fits_work_orders SET state = 'Started', started_at = now(), updated_at = now(),
+            flow_run_id = COALESCE(%(run)s, flow_run_id)
+        WHERE id IN (SELECT id FROM fits_work_orders
+                     WHERE state = 'Queued'
+                        OR (state = 'Started' AND started_at < now() - make_interval(secs => %(stale)s))
+                     ORDER BY updated_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+        RETURNING id, path, options
+        """,
+        {"run": flow_run_id, "stale": float(stale_after_s), "limit": int(limit)},
+    )
+
+
 def see_change_key(reg: Registry, order_id: int, change_key: str) -> dict[str, Any]:
     """Remember the key this attempt found (the order keeps every distinct key it has seen)."""
     return reg.execute(

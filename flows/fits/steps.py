@@ -188,6 +188,18 @@ def open_order(cfg: FitsConfig, request: CubeRequest, flow_run_id: str | None = 
     return Order(row["id"], relative, absolute, row["attempts"], row["oid"], row["completed_change_key"])
 
 
+def queue_request(cfg: FitsConfig, request: CubeRequest) -> dict[str, Any]:
+    """Record the request as a Queued work order for ``process-fits-work-orders``; nothing is read yet.
+
+    A path that cannot be a cube is refused now, not when a processor reaches it.
+    """
+    relative, _ = resolve_path(cfg.science_root, request.relative_path)  # a missing file is refused here
+    records.queue_orders(cfg.registry, [relative], request.options())
+    row = records.get_order(cfg.registry, relative)
+    assert row is not None
+    return row
+
+
 # ---------------------------------------------------------------- 2-3. headers and the skip rule
 
 

@@ -181,3 +181,31 @@ def write_sparse_cube(path: Path, shape_xyz: tuple[int, int, int, int, int], *, 
         fh.truncate(size)
     os.utime(path)
     return path
+
+
+def ffmpeg_bindir(tmp_path: Path) -> Path | None:
+    """A directory holding an ``ffmpeg`` to put on PATH: the system's, else imageio-ffmpeg's static build."""
+    import shutil
+
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        try:
+            import imageio_ffmpeg
+        except ImportError:
+            return None
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    if not (bindir / "ffmpeg").exists():
+        (bindir / "ffmpeg").symlink_to(exe)
+    return bindir
+
+
+def write_mov(path: Path, seconds: int = 1) -> Path:
+    """A small MPEG-4 movie, as the SST pipeline leaves beside a cube."""
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc=size=64x48:rate=5:duration={seconds}", "-c:v", "mpeg4", str(path)], check=True)
+    return path
+

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from cubes import CubeSpec, write_cube
+from cubes import CubeSpec, ffmpeg_bindir, write_cube, write_mov
 
 from flows.fits.records import metadata_table_sql
 from tasks.errors import UserError
@@ -169,13 +169,9 @@ def _task_run_names(flow_run_id, expect: int, timeout: float = 20.0) -> list[str
     """Task runs reach the API through events, so wait until ``expect`` of them are recorded."""
     import time
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
     deadline = time.monotonic() + timeout
     while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = _task_runs(str(flow_run_id))
         if len(runs) >= expect or time.monotonic() > deadline:
             return sorted(r.name.rsplit("-", 1)[0] for r in runs)
         time.sleep(0.2)
@@ -293,6 +289,40 @@ BAD = {
 
 @pytest.mark.integration
 @pytest.mark.prefect
+def test_the_mov_beside_a_cube_becomes_a_webm_preview_and_without_ffmpeg_a_note(fits_env, tmp_path, monkeypatch):
+    import os
+
+    bindir = ffmpeg_bindir(tmp_path)
+    assert bindir is not None, "the test extra installs imageio-ffmpeg"
+    path = os.environ.get("PATH", "")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{path}")
+    cube = fits_env.cube()
+    write_mov(cube.with_suffix(".mov"))
+
+    code, first = fits_env.run(cube)
+    assert code == 0, first
+    webm = Path(first["previews"]["video"])
+    assert first["previews"]["video_regenerated"] is True and webm.suffix == ".webm"
+    assert webm.read_bytes()[:4] == b"\x1a\x45\xdf\xa3" and webm.is_relative_to(fits_env.previews)
+    with fits_env.registry() as r:
+        video = _one(r, "SELECT p.* FROM fits_previews p JOIN fits_cubes c ON c.id = p.cube_id "
+                        "WHERE c.oid = %s AND p.kind = 'video'", (first["oid"],))
+    assert video["path"] == str(webm) and video["source"] == "mov"
+
+    code, again = fits_env.run(cube)                       # unchanged: skipped, the WebM is not re-encoded
+    assert code == 0 and again["state"] == "skipped" and again["previews"]["video_regenerated"] is False
+
+    without = os.pathsep.join(d for d in path.split(os.pathsep) if d and not (Path(d) / "ffmpeg").exists())
+    monkeypatch.setenv("PATH", without)                    # no ffmpeg: the ingest completes with a note
+    other = fits_env.cube("2019-04-17/CRISP", CubeSpec(date_beg="2019-04-17T09:00:00.5"))
+    other.with_suffix(".mov").write_bytes(cube.with_suffix(".mov").read_bytes())
+    code, noted = fits_env.run(other)
+    assert code == 0 and noted["state"] == "ingested", noted
+    assert noted["previews"]["video"] is None and "ffmpeg is not on PATH" in noted["previews"]["video_note"]
+
+
+@pytest.mark.integration
+@pytest.mark.prefect
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_a_clear_user_error_and_nothing_is_ingested(fits_env, capsys, tmp_path, case):
     mutate, message = BAD[case]
@@ -383,6 +413,82 @@ def test_directory_ingest_runs_bounded_batches(fits_env, capsys):
     with fits_env.registry() as r:
         attempts = r.execute("SELECT attempts FROM fits_work_orders WHERE state = 'Completed'")
     assert {a["attempts"] for a in attempts} == {3}
+
+
+@pytest.mark.integration
+@pytest.mark.prefect
+def test_queued_requests_are_processed_together_and_unchanged_ones_skipped(fits_env, capsys):
+    cubes = [fits_env.cube(f"q/day{i}", CubeSpec(date_beg=f"2021-05-0{i + 1}T10:00:00.5", nx=8, ny=6, n_wave=3))
+             for i in range(5)]
+    (fits_env.science / "q" / "bad_scans=1.fits").write_bytes(b"SIMPLE  =" + b"x" * 100)
+    code, refused = fits_env.cli(capsys, "fits", "elsewhere/../../x.fits", "--queue")
+    assert code == 1 and refused["state"] == "failed" and "outside" in refused["error"]
+    code, missing = fits_env.cli(capsys, "fits", "q/none.fits", "--queue")
+    assert code == 1 and "no cube q/none.fits" in missing["error"]
+
+    queued = []
+    for cube in cubes[:4]:
+        code, out = fits_env.cli(capsys, "fits", fits_env.rel(cube), "--queue", "--owner", "pi@example.org")
+        assert code == 0 and out["state"] == "queued" and out["work_order"]["state"] == "Queued", out
+        queued.append(out["work_order"]["id"])
+    code, out = fits_env.cli(capsys, "fits", fits_env.rel(cubes[4]), "--queue", "--oid", "MY-OID", "--no-previews")
+    assert code == 0 and out["state"] == "queued"
+    code, out = fits_env.cli(capsys, "fits", "q/bad_scans=1.fits", "--queue")
+    assert code == 0 and out["state"] == "queued"                 # bytes are read by the processor, not here
+    with fits_env.registry() as r:
+        assert r.execute("SELECT count(*) AS n FROM fits_cubes")[0]["n"] == 0
+
+    code, summary = fits_env.cli(capsys, "fits-work-orders", "--batch-size", "4")
+    assert code == 1, summary                                     # the bad file: a user error, the rest done
+    assert summary["counts"] == {"ingested": 5, "skipped": 0, "failed": 1} and summary["batches"] == 2
+    assert not summary["system_errors"]
+    names = _task_run_names(summary["flow_run_id"], expect=3)
+    assert names == ["claim-work-orders", "ingest-batch", "ingest-batch"], names
+    with fits_env.registry() as r:
+        orders = {o["path"]: o for o in r.execute("SELECT * FROM fits_work_orders")}
+        oids = {c["path"]: c["oid"] for c in r.execute("SELECT path, oid FROM fits_cubes")}
+        grants = r.execute("SELECT DISTINCT principal FROM fits_access_grants")
+        previews = {p["cube_id"] for p in r.execute("SELECT cube_id FROM fits_previews")}
+    assert {o["state"] for p, o in orders.items() if p != "q/bad_scans=1.fits"} == {"Completed"}
+    assert orders["q/bad_scans=1.fits"]["state"] == "Failed" and orders["q/bad_scans=1.fits"]["error_kind"] == "user"
+    assert oids[fits_env.rel(cubes[4])] == "MY-OID"                  # each order keeps its own options
+    assert [g["principal"] for g in grants] == ["pi@example.org"] and len(previews) == 4
+    assert {orders[fits_env.rel(c)]["attempts"] for c in cubes} == {1}
+
+    code, empty = fits_env.cli(capsys, "fits-work-orders")             # nothing queued: nothing claimed
+    assert code == 0 and empty["cubes"] == 0 and empty["batches"] == 0
+
+    for cube in cubes:                                                 # unchanged: queued again, skipped
+        fits_env.cli(capsys, "fits", fits_env.rel(cube), "--queue")
+    code, again = fits_env.cli(capsys, "fits-work-orders")
+    assert code == 0 and again["counts"] == {"ingested": 0, "skipped": 5, "failed": 0}, again
+
+
+@pytest.mark.integration
+@pytest.mark.prefect
+def test_processors_never_share_an_order_and_a_dead_ones_orders_are_taken_again(fits_env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.fits.records import claim_orders, queue_orders
+
+    paths = [f"x/c{i:03d}.fits" for i in range(60)]
+    with fits_env.registry() as r:
+        assert queue_orders(r, paths, {"previews": False}) == 60
+
+    def claim(_: int) -> list[str]:
+        with fits_env.registry() as reg:
+            return [row["path"] for row in claim_orders(reg, 7, 3600)]
+
+    with ThreadPoolExecutor(6) as pool:
+        taken = [p for batch in pool.map(claim, range(12)) for p in batch]
+    assert sorted(taken) == paths                                    # every order once, none twice
+    with fits_env.registry() as r:
+        assert claim_orders(r, 100, 3600) == []                      # all Started by live processors
+        r.execute("UPDATE fits_work_orders SET started_at = now() - interval '2 hours' WHERE path = ANY(%s)",
+                  (paths[:3],))
+        again = claim_orders(r, 100, 3600)                           # older than the lease: processor died
+        assert sorted(o["path"] for o in again) == paths[:3]
+        assert queue_orders(r, paths[:1], {}) == 0                   # a Started order is not re-queued
 
 
 @pytest.mark.integration

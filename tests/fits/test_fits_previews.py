@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
-from cubes import CubeSpec, write_cube, write_sparse_cube
+from cubes import CubeSpec, ffmpeg_bindir, write_cube, write_mov, write_sparse_cube
 from PIL import Image
 
 from flows.fits.previews import (
@@ -106,28 +104,11 @@ def test_bad_sibling_png_is_a_user_error(cube, tmp_path):
         make_image_previews(cube, tmp_path / "out", cube_change_key="x")
 
 
-def _ffmpeg_dir(tmp_path: Path) -> Path | None:
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        try:
-            import imageio_ffmpeg
-        except ImportError:
-            return None
-        exe = imageio_ffmpeg.get_ffmpeg_exe()
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "ffmpeg").symlink_to(exe)
-    return bindir
-
-
 def test_mov_becomes_webm_when_ffmpeg_is_on_path(cube, tmp_path, monkeypatch):
-    bindir = _ffmpeg_dir(tmp_path)
-    if bindir is None:
-        pytest.skip("no ffmpeg on PATH and imageio-ffmpeg not installed")
+    bindir = ffmpeg_bindir(tmp_path)
+    assert bindir is not None, "the test extra installs imageio-ffmpeg"
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
-    mov = cube.with_suffix(".mov")
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=64x48:rate=5:duration=1", "-c:v", "mpeg4", str(mov)], check=True)
+    mov = write_mov(cube.with_suffix(".mov"))
     out = tmp_path / "out"
     video = make_video_preview(cube, out)
     assert video is not None and video.regenerated and video.path.suffix == ".webm"
