@@ -1,10 +1,11 @@
 """FITS cube ingest: work order → headers (skip if unchanged) → fixity → describe → registry → previews → SVO.
 
 ``ingest_fits_cube`` runs the steps as Prefect tasks, one run per cube. The bulk
-flows (``ingest_fits_directory``, ``reingest_all``) queue one work order per file
-and run the very same steps as plain calls inside one task per *batch*: a task
-run costs milliseconds against the API, and hundreds of cubes must not mean
-hundreds of task or flow runs.
+flows (``ingest_fits_directory``, ``reingest_all``) queue one work order per file,
+``process_work_orders`` drains orders queued by single requests, and all three run
+the very same steps as plain calls inside one task per *batch*: a task run costs
+milliseconds against the API, and hundreds of cubes must not mean hundreds of task
+or flow runs.
 """
 from __future__ import annotations
 
@@ -219,10 +220,18 @@ def run_batches(cfg: FitsConfig, paths: list[str], options: dict[str, Any], batc
         raise UserError("batch_size must be at least 1")
     run_id = _flow_run_id()
     queue_work(cfg, paths, options, run_id)
+    return run_in_batches(paths, batch_size, config_block, science_root, run_id, options)
+
+
+def run_in_batches(paths: list[str], batch_size: int, config_block: str, science_root: str | None,
+                   run_id: str | None, options: dict[str, Any],
+                   per_path: dict[str, dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """One ``ingest-batch`` task per ``batch_size`` paths, at most BATCH_WORKERS at a time."""
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    futures = [ingest_batch_task.submit(config_block, science_root, batch, options, run_id) for batch in batches]
-    results = [summary for future in futures for summary in future.result()]
-    return results, len(batches)
+    futures = [ingest_batch_task.submit(config_block, science_root, batch, options, run_id,
+                                        per_path={path: per_path[path] for path in batch} if per_path else None)
+               for batch in batches]
+    return [summary for future in futures for summary in future.result()], len(batches)
 
 
 def bulk_summary(root: str, results: list[dict[str, Any]], batches: int) -> dict[str, Any]:
@@ -285,14 +294,10 @@ def process_work_orders(limit: int = 1000, batch_size: int = DEFAULT_BATCH_SIZE,
         run_id = _flow_run_id()
         claimed = claim_work(cfg, limit, stale_after_minutes * 60, run_id)
         per_path = {row["path"]: dict(row["options"] or {}) for row in claimed}
-        paths = list(per_path)
-        get_run_logger().info("%d queued work order(s) claimed; batches of %d", len(paths), batch_size)
-        batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-        futures = [ingest_batch_task.submit(config_block, science_root, batch, {}, run_id,
-                                           per_path={path: per_path[path] for path in batch})
-                   for batch in batches]
-        results = [summary for future in futures for summary in future.result()]
-        summary = bulk_summary("work orders", results, len(batches))
+        get_run_logger().info("%d queued work order(s) claimed; batches of %d", len(per_path), batch_size)
+        results, batches = run_in_batches(list(per_path), batch_size, config_block, science_root, run_id, {},
+                                          per_path)
+        summary = bulk_summary("work orders", results, batches)
         if results:
             steps.notify_status(cfg, summary)
             _bulk_report("work-orders", summary)
