@@ -56,7 +56,8 @@ def test_init_records_the_database_and_later_runs_use_it(tmp_path: Path) -> None
         code, out = _cli(home, "fits-work-orders")                         # a later local run, its own process
         assert code == 0 and out["cubes"] == 0, out
         with psycopg.connect(url) as conn:
-            runs = conn.execute("SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id").fetchall()
+            runs = conn.execute(
+                "SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id").fetchall()
         assert ("process-fits-work-orders", "COMPLETED") in runs
         assert not (home / "prefect" / "prefect.db").exists()            # nothing went to SQLite
     finally:
