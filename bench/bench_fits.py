@@ -24,26 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "fits"))
 
-from bench.harness import report, run_python  # noqa: E402
+from bench.harness import report, run_python, write_random_cube  # noqa: E402
 
 
 def make_cube(directory: Path, scans: int) -> Path:
-    import numpy as np
-    from astropy.io import fits
     from cubes import CubeSpec, extension_hdus, primary_header
 
     spec = CubeSpec(nx=1024, ny=1024, n_wave=16, n_stokes=4, scans=list(range(scans)))
-    shape = (scans, 4, 16, 1024, 1024)
-    raw = np.memmap(directory / "data.raw", dtype=">f4", mode="w+", shape=shape)
-    for s in range(scans):
-        raw[s] = np.random.default_rng(s).random(shape[1:], dtype=np.float32)
-    raw.flush()
-    path = directory / "nb_6173_2019-04-16T08:20:18_scans=0-3_im.fits"
-    fits.HDUList([fits.PrimaryHDU(data=raw, header=primary_header(spec)), *extension_hdus(spec)]).writeto(
-        path, checksum=True)
-    del raw
-    (directory / "data.raw").unlink()
-    return path
+    return write_random_cube(directory / "nb_6173_2019-04-16T08:20:18_scans=0-3_im.fits",
+                             (scans, 4, 16, 1024, 1024), primary_header(spec), extension_hdus(spec))
 
 
 def ours_headers(path: str) -> int:

@@ -44,25 +44,14 @@ FITS_TABLES = ("fits_metadata", "fits_svo_submissions", "fits_previews", "fits_e
 
 
 def make_big_cube(directory: Path, size_mib: int) -> Path:
-    """A real (non-sparse) cube of about ``size_mib`` MiB, written scan by scan through a memmap."""
-    import numpy as np
-    from astropy.io import fits
-
+    """A real (non-sparse) cube of about ``size_mib`` MiB with the sample cube's headers and extensions."""
+    from bench.harness import write_random_cube
     from flows.fits.samples import SampleCube, _extensions, _header, filename
 
     plane = 4 * 8 * 512 * 512 * 4                      # Stokes x wavelengths x y x x, float32
     scans = max(1, round(size_mib * 2**20 / plane))
     spec = SampleCube(nx=512, ny=512, n_wave=8, n_stokes=4, scans=list(range(scans)))
-    shape = (scans, 4, 8, 512, 512)
-    raw = np.memmap(directory / "data.raw", dtype=">f4", mode="w+", shape=shape)
-    for s in range(scans):
-        raw[s] = np.random.default_rng(s).random(shape[1:], dtype=np.float32)
-    raw.flush()
-    path = directory / filename(spec)
-    fits.HDUList([fits.PrimaryHDU(data=raw, header=_header(spec)), *_extensions(spec)]).writeto(path, checksum=True)
-    del raw
-    (directory / "data.raw").unlink()
-    return path
+    return write_random_cube(directory / filename(spec), (scans, 4, 8, 512, 512), _header(spec), _extensions(spec))
 
 
 def scratch_database(prefix: str = "fits_bench") -> tuple[str, str, str]:

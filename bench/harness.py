@@ -90,3 +90,23 @@ def report(title: str, results: Sequence[Result], baseline: str | None = None) -
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def write_random_cube(path, shape: tuple[int, ...], header: Any, extensions: Sequence[Any]) -> Any:
+    """A real (non-sparse) FITS cube with CHECKSUM/DATASUM, written scan by scan through a memmap.
+
+    Random float32 data so nothing compresses; memory stays at one scan whatever the size.
+    """
+    import numpy as np
+    from astropy.io import fits
+
+    raw_path = path.with_name(path.name + ".raw")
+    raw = np.memmap(raw_path, dtype=">f4", mode="w+", shape=shape)
+    for s in range(shape[0]):
+        raw[s] = np.random.default_rng(s).random(shape[1:], dtype=np.float32)
+    raw.flush()
+    fits.HDUList([fits.PrimaryHDU(data=raw, header=header), *extensions]).writeto(path, checksum=True)
+    del raw
+    raw_path.unlink()
+    return path
+
