@@ -42,7 +42,35 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server(args: argparse.Namespace) -> int:
+    from deployments import localapi
+
+    if args.action == "stop":
+        emit(localapi.stop())
+        return 0
+    if args.action == "start":
+        try:
+            localapi.ensure(idle_minutes=args.idle_minutes)
+        except localapi.LocalApiError as exc:
+            print(f"archive-ingest: {exc}", file=sys.stderr)
+            return 2
+    info = localapi.status()
+    if sys.stderr.isatty() and info.get("running"):
+        print(f"Prefect UI: {info.get('ui', info['url'])}", file=sys.stderr)
+    emit(info)
+    return 0 if info.get("running") or args.action == "status" else 2
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    v = sub.add_parser("server", help="start, stop or show this home's local Prefect API (shared by every call)",
+                       description="Every call that needs Prefect starts the local API on demand and reuses it; "
+                                   "it stops itself after --idle-minutes without use (default 30, or "
+                                   "$INGEST_LOCAL_API_IDLE_MINUTES). Its URL, pid and log live in "
+                                   "$INGEST_HOME/prefect/. With PREFECT_API_URL set, that API is used instead.")
+    v.add_argument("action", choices=["start", "stop", "status"])
+    v.add_argument("--idle-minutes", type=float, help="start: stop after this many idle minutes")
+    v.set_defaults(handler=_server, needs_api=False)
+
     d = sub.add_parser("deploy", help="create the work pool and every deployment in prefect.yaml (PREFECT_API_URL)")
     d.add_argument("--pool", default="ingest", help="process work pool name")
     d.set_defaults(handler=_deploy)

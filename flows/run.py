@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Local CLI: ``python flows/run.py {init,demo,outbox,broker,ega,...} --help``.
 
-Runs flows in-process against Prefect's ephemeral API (or PREFECT_API_URL when
-set), with every embedded default under INGEST_HOME (default ./var).
+Runs flows in-process against the home's long-lived local Prefect API (started on
+first use and shared; deployments/localapi.py), or PREFECT_API_URL when set, with
+every embedded default under INGEST_HOME (default ./var).
 """
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "needs_api", True):
+        from deployments.localapi import LocalApiError, ensure
+
+        try:
+            ensure()
+        except LocalApiError as exc:
+            print(f"archive-ingest: {exc}", file=sys.stderr)
+            return 2
     return int(args.handler(args) or 0)
 
 

@@ -66,6 +66,11 @@ def current() -> str:
     url = value.get_secret_value() if value is not None else ""
     if not url:
         return "sqlite (Prefect's default)"
+    return describe(url)
+
+
+def describe(url: str) -> str:
+    """A database URL without its credentials."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))

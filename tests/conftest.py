@@ -66,7 +66,19 @@ def ingest_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("INGEST_HOME", str(home))
-    return home
+    yield home
+    stop_local_services(home)
+
+
+def stop_local_services(home: Path) -> None:
+    """Stop what a test's CLI calls started in its home: the local Prefect API, then the embedded PostgreSQL."""
+    from deployments import localapi
+    from tasks import embedded_pg
+
+    if (home / "prefect" / "api.json").exists():
+        localapi.stop(home)
+    if (home / "pg" / "postmaster.pid").exists():
+        embedded_pg.stop_if_unused(home / "pg")
 
 
 @pytest.fixture(scope="session")
