@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def emit(obj: Any) -> None:
@@ -35,3 +37,28 @@ def amqp_url_or_none(explicit: str | None, config_block: str = "default") -> str
 
 
 NO_BROKER = "no broker configured: pass --amqp-url or save a broker block (init --amqp-url)"
+
+
+def run_batch(items: Iterable[T], run_one: Callable[[T], tuple[int, dict[str, Any]]], *, concurrency: int,
+              describe: Callable[[T], dict[str, Any]]) -> int:
+    """Run each item as its own flow run, at most ``concurrency`` at once; one JSON line per item as it
+    finishes; the exit code is the worst of them (2 system error > 1 user error > 0)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    items = list(items)
+    worst = 0
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(items)))) as pool:
+        futures = {pool.submit(run_one, item): item for item in items}
+        for future in as_completed(futures):
+            try:
+                code, summary = future.result()
+            except Exception as exc:  # a bug in one item must not hide the others' results
+                code, summary = 2, {**describe(futures[future]), "error": f"{type(exc).__name__}: {exc}"}
+            emit(summary)
+            worst = max(worst, code)
+    return worst
+
+
+def add_concurrency(parser: Any) -> None:
+    parser.add_argument("--concurrency", type=int, default=2, metavar="N",
+                        help="with several inputs: flow runs at once (default 2; each input gets its own run)")

@@ -13,6 +13,7 @@ import atexit
 import json
 import logging
 import subprocess
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 HANDLE_FILE = ".handle_pids.json"
 _HANDLES: dict[Path, Any] = {}
+_JOINING = threading.Lock()  # batch CLI calls run flows on threads
 
 
 def _pgserver() -> Any:
@@ -86,7 +88,7 @@ def stop_if_unused(pgdata: Path) -> bool:
         return False
     _pgserver()
     from pgserver.postgres_server import PostgresServer
-    from pgserver.utils import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  (made at import time)
 
     with PostgresServer._lock:
         if _reap_unlocked(pgdata):
@@ -111,17 +113,18 @@ def _is_root() -> bool:
 def join(pgdata: Path) -> Any:
     """Start (or join) the server in ``pgdata``; this process counts as a user until it exits."""
     pgdata = Path(pgdata)
-    if pgdata in _HANDLES:
-        return _HANDLES[pgdata]
-    pgdata.mkdir(parents=True, exist_ok=True)
-    pgserver = _pgserver()
-    reap(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    # atexit runs last-registered first: reap before pgserver's own cleanup decides whether we are the
-    # last user, so a dead user's stale pid never keeps the server up.
-    atexit.register(reap, pgdata)
-    _HANDLES[pgdata] = server
-    return server
+    with _JOINING:
+        if pgdata in _HANDLES:
+            return _HANDLES[pgdata]
+        pgdata.mkdir(parents=True, exist_ok=True)
+        pgserver = _pgserver()
+        reap(pgdata)
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        # atexit runs last-registered first: reap before pgserver's own cleanup decides whether we are the
+        # last user, so a dead user's stale pid never keeps the server up.
+        atexit.register(reap, pgdata)
+        _HANDLES[pgdata] = server
+        return server
 
 
 def dsn(pgdata: Path, database: str = "postgres") -> str:

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from flows.cli_common import emit, local_run
+from flows.cli_common import add_concurrency, emit, local_run, run_batch
 
 EXIT_COMPLETED, EXIT_USER_ERROR, EXIT_SYSTEM_ERROR = 0, 1, 2
 
@@ -129,9 +129,15 @@ def run_scan(*, config_block: str = "default", institutions: list[str] | None = 
 
 
 def _apt(args: argparse.Namespace) -> int:
-    code, summary = run_bag(args.bag, institution=args.institution, config_block=args.config, via_scan=args.scan)
-    emit(summary)
-    return code
+    def one(bag: str) -> tuple[int, dict[str, Any]]:
+        return run_bag(bag, institution=args.institution, config_block=args.config, via_scan=args.scan)
+
+    if len(args.bag) == 1:
+        code, summary = one(args.bag[0])
+        emit(summary)
+        return code
+    return run_batch(args.bag, one, concurrency=args.concurrency,
+                     describe=lambda bag: {"bag": Path(bag).name, "status": None, "errors": []})
 
 
 def _apt_scan(args: argparse.Namespace) -> int:
@@ -141,12 +147,13 @@ def _apt_scan(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("apt", help="ingest one tarred APTrust/BTR bag end to end",
-                       description="Puts BAG.tar into the institution's receiving area, ingests it, and prints one "
-                                   "JSON line {stage, status, errors, object, file_count, events, ...}; exit 0 "
-                                   "success, 1 invalid bag, 2 system error. Running it again resumes an "
-                                   "interrupted ingest of the same file.")
-    p.add_argument("bag", help="the tar file (name: <institution>.<bag>.tar, or pass --institution)")
+    p = sub.add_parser("apt", help="ingest tarred APTrust/BTR bags end to end",
+                       description="Puts each BAG.tar into the institution's receiving area, ingests it in its own "
+                                   "flow run, and prints one JSON line per bag {stage, status, errors, object, "
+                                   "file_count, events, ...}; exit 0 success, 1 invalid bag, 2 system error (the "
+                                   "worst of them). Running it again resumes an interrupted ingest of the same file.")
+    p.add_argument("bag", nargs="+", help="tar file(s) (name: <institution>.<bag>.tar, or pass --institution)")
+    add_concurrency(p)
     p.add_argument("--institution", help="institution domain, e.g. test.edu (default: from the bag name)")
     p.add_argument("--scan", action="store_true", help="go through the receiving-bucket scanner instead")
     p.add_argument("--config", default="default", help="block document name (APT, registry)")

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from flows.cli_common import emit, local_run
+from flows.cli_common import add_concurrency, emit, local_run, run_batch
 
 EXIT_COMPLETED, EXIT_USER_ERROR, EXIT_SYSTEM_ERROR = 0, 1, 2
 
@@ -31,17 +31,28 @@ def run_message(raw: dict, *, correlation_id: str | None = None, config_block: s
         return code, failure_summary(message, exc, config_block)
 
 
-def _ega(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.message == "-" else Path(args.message).read_text()
+def run_message_file(source: str, *, correlation_id: str | None = None,
+                     config_block: str = "default") -> tuple[int, dict]:
+    """One message file (or - for stdin) through ``run_message``."""
     try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
         raw = json.loads(text)
-    except ValueError as exc:
-        emit({"stable_id": None, "state": "ERROR", "vault_uri": None, "checksums": {},
-              "error": f"message is not valid JSON: {exc}"})
-        return EXIT_USER_ERROR
-    code, summary = run_message(raw, correlation_id=args.correlation_id, config_block=args.config)
-    emit(summary)
-    return code
+    except (OSError, ValueError) as exc:
+        reason = f"message is not valid JSON: {exc}" if isinstance(exc, ValueError) else f"cannot read {source}: {exc}"
+        return EXIT_USER_ERROR, {"message": source, "stable_id": None, "state": "ERROR", "vault_uri": None,
+                                 "checksums": {}, "error": reason}
+    return run_message(raw, correlation_id=correlation_id, config_block=config_block)
+
+
+def _ega(args: argparse.Namespace) -> int:
+    if len(args.message) == 1:
+        code, summary = run_message_file(args.message[0], correlation_id=args.correlation_id,
+                                         config_block=args.config)
+        emit(summary)
+        return code
+    return run_batch(args.message, lambda m: run_message_file(m, correlation_id=args.correlation_id,
+                                                               config_block=args.config),
+                     concurrency=args.concurrency, describe=lambda m: {"message": m, "state": "ERROR"})
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -65,10 +76,12 @@ def _inbox(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ega", help="ingest one EGA upload described by a CEGA message",
-                       description="Prints one JSON line {stable_id, state, vault_uri, checksums, error?}; "
-                                   "exit 0 completed, 1 user error, 2 system error.")
-    p.add_argument("--message", required=True, help="message JSON file, or - for stdin")
+    p = sub.add_parser("ega", help="ingest EGA uploads, one per CEGA message",
+                       description="Prints one JSON line {stable_id, state, vault_uri, checksums, error?} per "
+                                   "message; exit 0 completed, 1 user error, 2 system error (the worst of them).")
+    p.add_argument("--message", required=True, nargs="+", metavar="FILE",
+                   help="message JSON file(s), or - for stdin; each gets its own flow run")
+    add_concurrency(p)
     p.add_argument("--correlation-id", help="carried on every status message")
     p.add_argument("--config", default="default", help="block document name for vault/registry/broker/keyserver")
     p.set_defaults(handler=_ega)

@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Any
 
-from flows.cli_common import emit, local_run
+from flows.cli_common import add_concurrency, emit, local_run, run_batch
 
 EXIT_COMPLETED, EXIT_USER_ERROR, EXIT_SYSTEM_ERROR = 0, 1, 2
 log = logging.getLogger("archive-ingest.nrao")
@@ -55,8 +55,29 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return raw
 
 
+def run_request_file(path: str, *, config_block: str = "default",
+                     ngas_url: str | None = None) -> tuple[int, dict[str, Any]]:
+    """One request file ({kind, source, ...}, the fields of the command line) through ``run_request``."""
+    import json
+    from pathlib import Path
+
+    try:
+        raw = json.loads(Path(path).read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("a request is a JSON object")
+    except (OSError, ValueError) as exc:
+        return EXIT_USER_ERROR, {"request": path, "kind": None, "source": None, "state": "ERROR",
+                                 "error": f"cannot read request {path}: {exc}"}
+    code, summary = run_request(raw, config_block=config_block, ngas_url=ngas_url)
+    return code, {"request": path, **summary}
+
+
 def _nrao(args: argparse.Namespace) -> int:
     _console_logging()
+    if args.request:
+        return run_batch(args.request, lambda r: run_request_file(r, config_block=args.config,
+                                                                  ngas_url=args.ngas_url),
+                         concurrency=args.concurrency, describe=lambda r: {"request": r, "state": "ERROR"})
     code, summary = run_request(request_from_args(args), config_block=args.config, ngas_url=args.ngas_url)
     if code == EXIT_COMPLETED and summary["state"] == "DRY_RUN":
         log.info("dry run of %s %s: staged in %s, manifest %s", summary["kind"], summary["source"],
@@ -113,6 +134,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="the SDM (execution block) named SDM in directory DIR")
     what.add_argument("--seci", nargs=2, metavar=("SOURCE", "CAL_LOCATOR"),
                       help="a VLASS SECI run directory and the locator of its input calibration")
+    what.add_argument("--request", nargs="+", metavar="FILE",
+                      help="JSON request file(s) {kind, source, reingest?, dry_run?, input_locator?, ...}; "
+                           "each product gets its own flow run and result line")
+    add_concurrency(p)
     p.add_argument("--reingest", action="store_true", help="archive new NGAS versions of a recorded product")
     p.add_argument("--dry-run", action="store_true", help="stage and write the manifest only; print the plan")
     p.add_argument("--input-locator", help="input product locator (calibration: its EB; image: its calibration); "
