@@ -37,6 +37,9 @@ START_TIMEOUT_ENV = "INGEST_LOCAL_API_START_TIMEOUT"
 SERVE_MARK = "deployments.localapi"
 
 
+_started_here: list[ApiState] = []  # the server this process started, if any (demo stops what it started)
+
+
 class LocalApiError(RuntimeError):
     """The local API could not be started (its log says why)."""
 
@@ -111,11 +114,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    return _process_state(pid) not in ("Z", "X")  # a zombie is dead for our purposes
 
 
 def _is_our_server(state: ApiState) -> bool:
@@ -144,10 +143,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _terminate(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM (uvicorn shuts down cleanly and the database handle is released), SIGKILL if it lingers."""
+def _process_state(pid: int) -> str:
     try:
-        os.kill(pid, signal.SIGTERM)
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _terminate(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM (uvicorn shuts down cleanly and the database handle is released), SIGKILL if it lingers
+    (at once when the process is stopped: it could not act on SIGTERM)."""
+    try:
+        os.kill(pid, signal.SIGKILL if _process_state(pid) in ("T", "t") else signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
@@ -227,8 +235,14 @@ def ensure(*, announce: bool = True, idle_minutes: float | None = None) -> str:
             state = _reusable(read_state(at), wait=True)
             if state is None:
                 state = _start(at, announce=announce, idle_minutes=idle_minutes)
+                _started_here.append(state)
     os.environ["PREFECT_API_URL"] = state.url
     return state.url
+
+
+def started_here() -> ApiState | None:
+    """The local server this process started (None when it found one running, or uses the user's API)."""
+    return _started_here[-1] if _started_here else None
 
 
 def _reusable(state: ApiState | None, *, wait: bool = False) -> ApiState | None:

@@ -41,6 +41,9 @@ def init_home(*, registry_dsn: str | None = None, amqp_url: str | None = None, w
 
             target = use_for_local_runs(prefect_database)
             stack.enter_context(temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: target}))
+            from deployments.localapi import restart
+
+            restart()  # a running local API moves to the chosen database (same URL)
         keys = _ensure_keys(home_path("keys"), passphrase)
         registry = open_registry(registry_dsn)
         registry.close()
@@ -57,13 +60,15 @@ def init_home(*, registry_dsn: str | None = None, amqp_url: str | None = None, w
         blocks = save_defaults(documents, overwrite=overwrite)
     return {"ingest_home": str(ingest_home()), "keys": {k: v for k, v in keys.items() if k != "passphrase"},
             "blocks": blocks, "registry": "embedded" if not registry_dsn else "external",
-            "prefect_database": _prefect_database(prefect_database)}
+            "prefect_api": _prefect_api()}
 
 
-def _prefect_database(chosen: str | None) -> str:
-    from tasks.prefect_database import current, sqlalchemy_url
+def _prefect_api() -> dict[str, Any]:
+    """Where the block documents went: the API this call used, and that API's database when we run it."""
+    from deployments import localapi
 
-    return current() if not chosen else sqlalchemy_url(chosen).rsplit("@", 1)[-1]
+    info = localapi.status()
+    return {k: info[k] for k in ("url", "managed", "database") if k in info}
 
 
 def _ensure_keys(keys_dir: Path, passphrase: str | None) -> dict[str, str]:
@@ -88,7 +93,10 @@ def _ensure_keys(keys_dir: Path, passphrase: str | None) -> dict[str, str]:
 
 def _register_init(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="create INGEST_HOME, keys, registry schema and default block documents",
-                       description=init_home.__doc__)
+                       description=init_home.__doc__ + " Block documents are saved through this home's local "
+                       "Prefect API, which the first call starts and later calls share (URL, pid and log under "
+                       "$INGEST_HOME/prefect; 'server status', 'server stop'), or through PREFECT_API_URL when "
+                       "set.")
     p.add_argument("--registry-dsn", help="PostgreSQL DSN (default: embedded server under INGEST_HOME/pg)")
     p.add_argument("--amqp-url", help="broker for status messages (default: outbox file)")
     p.add_argument("--webhook-url", help="HTTP endpoint for status messages")
@@ -97,8 +105,8 @@ def _register_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing block documents")
     p.add_argument("--prefect-database", metavar="URL",
                    help="PostgreSQL for the local Prefect API's runs (created if missing; recorded in the Prefect "
-                        "profile under INGEST_HOME). Default: Prefect's SQLite, which stalls ~2 s in about every "
-                        "second local run")
+                        "profile under INGEST_HOME; a running local API moves to it). Default: database 'prefect' "
+                        "on the home's embedded PostgreSQL")
     p.set_defaults(handler=lambda a: emit(init_home(
         registry_dsn=a.registry_dsn, amqp_url=a.amqp_url, webhook_url=a.webhook_url, s3_bucket=a.s3_bucket,
         s3_endpoint=a.s3_endpoint, overwrite=a.force, prefect_database=a.prefect_database)))
@@ -176,12 +184,32 @@ def _demo(args: argparse.Namespace) -> int:
                 failed += 1
                 results[domain] = {"error": f"{type(exc).__name__}: {exc}"}
             print(json.dumps(results[domain], indent=2, default=str), flush=True)
+    _stop_what_demo_started(args.keep_server)
     emit({"ingest_home": str(ingest_home()), "results": results})
     return 1 if failed else 0
 
 
+def _stop_what_demo_started(keep: bool) -> None:
+    from deployments import localapi
+
+    started = localapi.started_here()
+    if started is None:
+        return
+    ui = started.url[: -len("/api")]
+    if keep:
+        print(f"the local Prefect API keeps running: UI {ui} (stops after {started.idle_minutes:g} idle minutes, "
+              f"or with 'python flows/run.py server stop')", flush=True)
+        return
+    localapi.stop()
+    print(f"stopped the local Prefect API this demo started (its runs stay in its database; "
+          f"'python flows/run.py server start' brings it and its UI back). Use --keep-server to leave it running.",
+          flush=True)
+
+
 def _register_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="init, then run every domain flow on generated sample input")
+    p.add_argument("--keep-server", action="store_true",
+                   help="leave the local Prefect API (and its UI) running after the demo, if the demo started it")
     p.set_defaults(handler=_demo)
 
 

@@ -16,7 +16,7 @@ def encrypt_for_archive(plain: Path, out: Path, public_key: Path) -> None:
     """Encrypt as a submitter would: with the gpg CLI when present, else pgpy (small files only)."""
     if shutil.which("gpg"):
         with tempfile.TemporaryDirectory() as gnupg:
-            base = ["gpg", "--homedir", gnupg, "--batch", "--quiet", "--yes"]
+            base = ["gpg", "--homedir", gnupg, "--batch", "--quiet", "--yes", "--no-autostart"]  # no agent to outlive us
             subprocess.run(base + ["--import", str(public_key)], check=True, capture_output=True)
             subprocess.run(base + ["--trust-model", "always", "--cipher-algo", "AES256", "--compress-algo", "none",
                                    "--encrypt", "--recipient-file", str(public_key), "-o", str(out), str(plain)],

@@ -260,20 +260,49 @@ except UserError as exc:
 """
 
 
-def test_unreadable_source_directory() -> None:
-    """Permission bits do not stop root, so as root the collector runs as 'nobody'."""
+def _drop_file_capabilities() -> None:
+    """preexec: as root, lose CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH for the exec'd child.
+
+    Root then obeys permission bits like anyone else, while staying root: it can still run an
+    interpreter that lives in root's own 0700 home (a virtualenv's python is a symlink there),
+    which the user 'nobody' cannot.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
+    for cap in (cap_dac_override, cap_dac_read_search):
+        if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) refused")
+
+
+def _venv_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh virtualenv's interpreter (seeing this environment's packages), as a user's venv would be."""
+    import venv
+
+    where = tmp_path_factory.mktemp("venv")
+    venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=True).create(where)
+    return str(where / "bin" / "python")
+
+
+@pytest.mark.parametrize("interpreter", ["this", "venv"])
+def test_unreadable_source_directory(interpreter: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An unreadable run directory is a clear user error, whichever interpreter runs the collector.
+
+    Permission bits do not stop root, so as root the child runs without the capabilities that
+    bypass them (still root, so any interpreter root can run works: the system one or a venv's).
+    """
+    python = sys.executable if interpreter == "this" else _venv_python(tmp_path_factory)
     scratch = Path(tempfile.mkdtemp(prefix="nrao-perm-"))
     try:
-        os.chmod(scratch, 0o755)
         src, staging, home = scratch / "src", scratch / "staging", scratch / "home"
         for d in (src, staging, home):
             d.mkdir()
-            os.chmod(d, 0o777)
         samples.make_calibration_run(src, "run")
         os.chmod(src / "run", 0)
         env = {**os.environ, "INGEST_HOME": str(home), "PYTHONPATH": str(ROOT)}
-        kwargs = {"user": 65534, "group": 65534} if os.geteuid() == 0 else {}
-        out = subprocess.run([sys.executable, "-c", _UNREADABLE_SCRIPT, str(src), str(staging)], env=env,
+        kwargs = {"preexec_fn": _drop_file_capabilities} if os.geteuid() == 0 else {}
+        out = subprocess.run([python, "-c", _UNREADABLE_SCRIPT, str(src), str(staging)], env=env,
                              cwd=str(scratch), capture_output=True, text=True, timeout=60, **kwargs)
         assert "USERERROR" in out.stdout and "not readable" in out.stdout, out.stdout + out.stderr
     finally:
