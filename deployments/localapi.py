@@ -438,6 +438,11 @@ def serve(at: Path, port: int, idle_minutes: float) -> int:
     server = uvicorn.Server(uvicorn.Config(activity, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on"))
     threading.Thread(target=_idle_watch, args=(server, activity, at, idle_minutes * 60), daemon=True).start()
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, with the handlers it found; with the
+    # default ones the process would die right there, skipping the atexit hooks that release (and, for
+    # the last user, stop) the embedded PostgreSQL.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: setattr(server, "should_exit", True))
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} local Prefect API pid {os.getpid()} at {url} on {label}",
           flush=True)
     try:

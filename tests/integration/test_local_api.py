@@ -189,9 +189,14 @@ def test_idle_server_stops_itself_and_server_stop_stops_it(ingest_home: Path) ->
     assert embedded_pg.running(ingest_home / "pg") is None
 
     again = last_json(cli(ingest_home, "server", "start"))
+    assert embedded_pg.running(ingest_home / "pg")
     stopped = last_json(cli(ingest_home, "server", "stop"))
     assert stopped["stopped"] and stopped["pid"] == again["pid"] and not localapi.pid_alive(again["pid"])
     assert last_json(cli(ingest_home, "server", "status"))["running"] is False
+    deadline = time.monotonic() + 15  # SIGTERM too ends in a clean exit that releases the database
+    while time.monotonic() < deadline and embedded_pg.running(ingest_home / "pg"):
+        time.sleep(0.2)
+    assert embedded_pg.running(ingest_home / "pg") is None and embedded_pg.users(ingest_home / "pg") == []
 
 
 _JOIN_AND_WAIT = """
