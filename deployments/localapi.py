@@ -398,12 +398,18 @@ class _Activity:
                 self.last = time.time()
 
 
-def _idle_watch(server: Any, activity: _Activity, at: Path, idle_seconds: float) -> None:
+def _idle_watch(server: Any, activity: _Activity, at: Path, idle_seconds: float, runner: Any) -> None:
     from tasks import embedded_pg
 
     period = max(0.5, min(15.0, idle_seconds / 4))
+    next_check = time.monotonic() + period
     while not server.should_exit:
-        time.sleep(period)
+        time.sleep(0.5)
+        if server.started:
+            runner.tick()  # the warm runner (deployments/warm.py) lives beside the API, restarted if it exits
+        if time.monotonic() < next_check:
+            continue
+        next_check = time.monotonic() + period
         clients = live_clients(at)
         try:
             since = max(activity.last, clients_dir(at).stat().st_mtime)
@@ -434,10 +440,14 @@ def serve(at: Path, port: int, idle_minutes: float) -> int:
     import uvicorn
     from prefect.server.api.server import create_app
 
+    from deployments.warm import Supervisor
+
     activity = _Activity(create_app(final=True))
     server = uvicorn.Server(uvicorn.Config(activity, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on"))
-    threading.Thread(target=_idle_watch, args=(server, activity, at, idle_minutes * 60), daemon=True).start()
+    runner = Supervisor(at)
+    threading.Thread(target=_idle_watch, args=(server, activity, at, idle_minutes * 60, runner),
+                     daemon=True).start()
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, with the handlers it found; with the
     # default ones the process would die right there, skipping the atexit hooks that release (and, for
     # the last user, stop) the embedded PostgreSQL.
@@ -448,6 +458,7 @@ def serve(at: Path, port: int, idle_minutes: float) -> int:
     try:
         server.run()
     finally:
+        runner.stop()
         state = read_state(at)
         if state is not None and state.pid == os.getpid():
             state_path(at).unlink(missing_ok=True)

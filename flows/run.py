@@ -32,18 +32,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, warm: bool = False) -> int:
+    """Parse, make sure the API is there, run the command: in the home's warm runner when ``warm``
+    (a real command line) and one is up (deployments/warm.py), else in this process."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if getattr(args, "needs_api", True):
-        from deployments.localapi import LocalApiError, ensure
+        from deployments.localapi import LocalApiError, ensure, home, started_here
 
         try:
             ensure()
         except LocalApiError as exc:
             print(f"archive-ingest: {exc}", file=sys.stderr)
             return 2
+        if warm and started_here() is None:
+            from deployments.warm import run_in_runner
+
+            code = run_in_runner(home(), argv)
+            if code is not None:
+                return code
     return int(args.handler(args) or 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(warm=True))

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments import localapi
+from deployments import localapi, warm
 from tasks import embedded_pg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,8 @@ def home_processes(home: Path) -> set[int]:
 
 
 def shared_processes(home: Path) -> set[int]:
-    """The shared server and its database: what may outlive a CLI call."""
+    """What may outlive a CLI call: the shared server, its warm runner (not the runner's forks, which
+    are calls) and the embedded database."""
     roots = set()
     state = localapi.read_state(home)
     if state is not None:
@@ -86,10 +87,12 @@ def shared_processes(home: Path) -> set[int]:
         roots.add(postmaster)
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     parents = {pid: _parent(pid) for pid in pids}
+    runners = {pid for pid in pids if "deployments.warm" in _cmdline(pid)}
     shared = set(roots)
     changed = True
     while changed:
-        extra = {pid for pid, parent in parents.items() if parent in shared and pid not in shared}
+        extra = {pid for pid, parent in parents.items()
+                 if parent in shared and parent not in runners and pid not in shared}
         shared |= extra
         changed = bool(extra)
     return shared
@@ -119,8 +122,20 @@ def test_two_concurrent_first_calls_start_exactly_one_server(ingest_home: Path) 
     assert server_pids(ingest_home) == {state.pid}
 
 
+def wait_for_runner(home: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not warm.sock_path(home).exists():
+        time.sleep(0.2)
+    assert warm.sock_path(home).exists(), (home / "prefect" / "runner.log").read_text()
+
+
+def runner_calls(home: Path) -> list[str]:
+    return [line for line in (home / "prefect" / "runner.log").read_text().splitlines() if " call pid " in line]
+
+
 def test_a_killed_call_leaves_only_the_shared_server(ingest_home: Path) -> None:
     assert cli(ingest_home, "init").returncode == 0
+    wait_for_runner(ingest_home)
     for delay in (1.5, 4.0):
         proc = subprocess.Popen([sys.executable, str(ROOT / "flows" / "run.py"), "demo"], cwd=ROOT,
                                 env=cli_env(ingest_home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -135,6 +150,35 @@ def test_a_killed_call_leaves_only_the_shared_server(ingest_home: Path) -> None:
     done = cli(ingest_home, "demo")
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(server_pids(ingest_home)) == 1
+    assert len(runner_calls(ingest_home)) == 3  # the killed calls and the last ran in forks of the warm runner
+
+
+def test_a_call_in_the_warm_runner_is_the_same_call(ingest_home: Path, tmp_path: Path) -> None:
+    """cwd, environment, stdin, stdout, stderr and the exit code all belong to the caller."""
+    assert cli(ingest_home, "init").returncode == 0
+    wait_for_runner(ingest_home)
+    message = tmp_path / "m.json"
+    message.write_text("{not json")
+    proc = subprocess.run([sys.executable, str(ROOT / "flows" / "run.py"), "ega", "--message", "-"], cwd=tmp_path,
+                          env=cli_env(ingest_home), input="{not json", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "message is not valid JSON" in last_json(proc)["error"]
+    proc = subprocess.run([sys.executable, str(ROOT / "flows" / "run.py"), "ega", "--message", "m.json"],
+                          cwd=tmp_path, env=cli_env(ingest_home), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "message is not valid JSON" in last_json(proc)["error"]
+    missing = cli(ingest_home, "fits", "no/such/cube.fits", PREFECT_LOGGING_LEVEL="WARNING")
+    assert missing.returncode == 1 and last_json(missing)["state"] in ("error", "failed", "ERROR"), missing.stdout
+    assert len(runner_calls(ingest_home)) == 3
+
+
+def test_the_runner_is_stale_when_the_code_changes(tmp_path: Path) -> None:
+    for name in warm.SOURCE_DIRS:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "m.py").write_text("x = 1\n")
+    before = warm.fingerprint(tmp_path)
+    assert warm.fingerprint(tmp_path) == before
+    later = time.time() + 5
+    os.utime(tmp_path / "tasks" / "m.py", (later, later))
+    assert warm.fingerprint(tmp_path) != before
 
 
 def test_a_killed_server_is_replaced(ingest_home: Path) -> None:

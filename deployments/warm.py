@@ -1,0 +1,340 @@
+"""A warm runner per INGEST_HOME: CLI calls run in a fork of a process that has already imported everything.
+
+With the local API shared, what a ``python flows/run.py`` call still spent before its first task
+was imports: Prefect (~0.8 s), prefect-aws and boto3 (~0.5 s), astropy (~0.4 s), our modules.
+A command that ingests a 1 MiB upload then costs several times the shell tools. So, like
+Android's zygote or Mercurial's command server, one process per home imports all of that once
+and waits on a Unix socket (``$INGEST_HOME/prefect/runner.sock``). A CLI call sends its argv, cwd,
+environment and its stdin/stdout/stderr file descriptors (SCM_RIGHTS); the runner forks, the child
+becomes that call (same fds, cwd and environment, Prefect settings re-read) and sends back the
+exit code. The child watches the connection: if the caller dies (SIGKILL, Ctrl-C), the child
+stops too, so nothing outlives a killed call but the shared processes.
+
+The runner imports, never connects or starts threads before forking. It holds ``runner.lock`` for
+life (one runner per home), exits when the home's local API is gone, and answers ``stale`` when
+the code or the interpreter it imported differs from the caller's (the call then runs in-process
+and the runner exits, to be started afresh).
+"""
+from __future__ import annotations
+
+import array
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_DIRS = ("flows", "tasks", "blocks", "deployments")
+PRELOAD = ("tasks", "flows.commands", "prefect", "prefect.flows", "prefect.tasks", "prefect.artifacts",
+           "prefect.client.orchestration", "prefect.settings", "prefect.logging.configuration",
+           "blocks.register", "tasks.registry", "tasks.notify", "tasks.vault",
+           "flows.ega.flow", "flows.apt.flow", "flows.apt.scan", "flows.fits.flow", "flows.fits.sync",
+           "flows.fits.header", "flows.fits.previews", "flows.nrao.flow", "flows.ega.inbox_notify",
+           "astropy.io.fits", "numpy", "psycopg", "httpx", "pika", "boto3", "botocore.client")
+DISABLE_ENV = "INGEST_WARM_RUNNER"  # "0" runs every call in its own process, as before
+_LEN = struct.Struct("!I")
+GRACE_SECONDS = 3.0
+
+
+def sock_path(home: Path) -> Path:
+    return home / "prefect" / "runner.sock"
+
+
+def lock_path(home: Path) -> Path:
+    return home / "prefect" / "runner.lock"
+
+
+def fingerprint(root: Path = ROOT) -> str:
+    """What the runner's imports depend on: interpreter, project source, installed packages."""
+    import sysconfig
+
+    newest = 0.0
+    for name in SOURCE_DIRS:
+        if not (root / name).is_dir():
+            continue
+        stack = [root / name]
+        while stack:
+            for entry in os.scandir(stack.pop()):
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        stack.append(Path(entry.path))
+                elif entry.name.endswith((".py", ".json", ".sql")):
+                    newest = max(newest, entry.stat().st_mtime)
+    try:
+        packages = os.stat(sysconfig.get_paths()["purelib"]).st_mtime
+    except OSError:
+        packages = 0.0
+    return json.dumps([sys.executable, str(root), newest, packages])
+
+
+# ---------------------------------------------------------------- the caller
+
+def enabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "1") not in ("0", "false", "no")
+
+
+def run_in_runner(home: Path, argv: list[str]) -> int | None:
+    """Run this call in the home's warm runner; None when there is none (or it is stale): run in-process."""
+    if not enabled():
+        return None
+    try:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(sock_path(home)))
+    except OSError:
+        return None
+    with conn:
+        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+                              "fingerprint": fingerprint()}).encode()
+        fds = array.array("i", [0, 1, 2])
+        try:
+            conn.sendmsg([_LEN.pack(len(request)), request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            reply = _read_line(conn)
+        except OSError:
+            return None
+        if reply != "started":
+            return None  # stale, or refused: the caller runs the command itself
+        tail = _read_line(conn)
+    if tail.startswith("exit "):
+        return int(tail.split()[1])
+    print("archive-ingest: the warm runner's process for this call died without an exit status", file=sys.stderr)
+    return 2
+
+
+def _read_line(conn: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(64)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+
+
+class Supervisor:
+    """Run by the home's local API process: keeps one warm runner alive beside it, and stops it at the end."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.proc: subprocess.Popen | None = None
+        self.starts: list[float] = []
+
+    def tick(self) -> None:
+        if not enabled() or (self.proc is not None and self.proc.poll() is None):
+            return
+        now = time.monotonic()
+        self.starts = [t for t in self.starts if now - t < 60]
+        if len(self.starts) >= 3:
+            return  # it keeps dying: calls run in their own process until it settles
+        self.starts.append(now)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_")}
+        with open(self.home / "prefect" / "runner.log", "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "deployments.warm", "--home", str(self.home)],
+                                         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# ---------------------------------------------------------------- the runner
+
+def _api_alive(home: Path) -> bool:
+    from deployments.localapi import _is_our_server, read_state
+
+    state = read_state(home)
+    return state is not None and _is_our_server(state)
+
+
+def serve(home: Path) -> int:
+    lock = open(lock_path(home), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another runner serves this home
+    started = time.monotonic()
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # an optional module: the child imports it if it needs it
+                print(f"preload {name}: {type(exc).__name__}: {exc}", flush=True)
+    mine = fingerprint()
+    path = sock_path(home)
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    listener.settimeout(2.0)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leave through the finally: no stale socket
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} warm runner pid {os.getpid()} ready in "
+          f"{time.monotonic() - started:.1f} s at {path}", flush=True)
+    try:
+        while _api_alive(home):
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            stale = _serve_one(conn, listener, mine)
+            if stale:
+                print("callers run newer code or another interpreter: exiting", flush=True)
+                break
+    finally:
+        try:
+            if path.exists():
+                path.unlink()
+        finally:
+            listener.close()
+    return 0
+
+
+def _serve_one(conn: socket.socket, listener: socket.socket, mine: str) -> bool:
+    """Fork a child for one call; True when the caller's code differs from ours (we should exit)."""
+    fds: list[int] = []
+    try:
+        conn.settimeout(10)
+        msg, ancdata, _, _ = conn.recvmsg(_LEN.size, socket.CMSG_SPACE(3 * array.array("i").itemsize))
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
+        (size,) = _LEN.unpack(msg)
+        body = b""
+        while len(body) < size:
+            chunk = conn.recv(size - len(body))
+            if not chunk:
+                raise OSError("caller went away")
+            body += chunk
+        request = json.loads(body)
+        if request.get("fingerprint") != mine or len(fds) != 3:
+            conn.sendall(b"stale\n")
+            return True
+        conn.settimeout(None)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            try:
+                listener.close()
+                _become_the_call(conn, fds, request)
+            finally:
+                os._exit(70)
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {pid}: {' '.join(request['argv'][:3])}", flush=True)
+        return False  # the child answers the caller
+    except (OSError, ValueError) as exc:
+        print(f"a caller's request failed: {exc}", flush=True)
+        return False
+    finally:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        conn.close()
+
+
+def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+    code = 2
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess.run in the call must be able to wait
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [str(ROOT / "flows" / "run.py"), *request["argv"]]
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))
+        sys.stderr.reconfigure(line_buffering=True)
+        _refresh_prefect()
+        conn.sendall(b"started\n")
+        _watch_caller(conn)
+        from flows.run import main
+
+        try:
+            code = int(main(request["argv"]) or 0)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except KeyboardInterrupt:
+            code = 130
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+    finally:
+        # From here on the caller may go away (it has what it needs once the exit line is sent): the
+        # watcher's interrupt must not unwind this child into the runner's own stack.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()  # what a normal exit runs: pgserver's user count, Prefect's drains
+        except BaseException:
+            pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        try:
+            conn.sendall(f"exit {code}\n".encode())
+        except OSError:
+            pass
+        os._exit(code)
+
+
+def _refresh_prefect() -> None:
+    """Prefect read its settings (and set up logging) from the runner's environment at import."""
+    import prefect.context
+    from prefect.logging.configuration import setup_logging
+
+    prefect.context.refresh_global_settings_context()
+    setup_logging(incremental=False)
+
+
+def _watch_caller(conn: socket.socket) -> None:
+    """If the caller goes away (killed, Ctrl-C), interrupt this call, then end it after a short grace."""
+    import _thread
+    import threading
+
+    def watch() -> None:
+        try:
+            while conn.recv(1):
+                pass
+        except OSError:
+            pass
+        _thread.interrupt_main()
+        time.sleep(GRACE_SECONDS)
+        os._exit(137)
+
+    threading.Thread(target=watch, name="caller-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deployments.warm")
+    parser.add_argument("--home", required=True)
+    args = parser.parse_args(argv)
+    os.environ["INGEST_HOME"] = args.home
+    return serve(Path(args.home))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
