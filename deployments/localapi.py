@@ -445,7 +445,7 @@ def serve(at: Path, port: int, idle_minutes: float) -> int:
     activity = _Activity(create_app(final=True))
     server = uvicorn.Server(uvicorn.Config(activity, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on"))
-    runner = Supervisor(at)
+    runner = Supervisor(at, url)
     threading.Thread(target=_idle_watch, args=(server, activity, at, idle_minutes * 60, runner),
                      daemon=True).start()
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, with the handlers it found; with the

@@ -32,12 +32,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("flows", "tasks", "blocks", "deployments")
-PRELOAD = ("tasks", "flows.commands", "prefect", "prefect.flows", "prefect.tasks", "prefect.artifacts",
-           "prefect.client.orchestration", "prefect.settings", "prefect.logging.configuration",
-           "blocks.register", "tasks.registry", "tasks.notify", "tasks.vault",
-           "flows.ega.flow", "flows.apt.flow", "flows.apt.scan", "flows.fits.flow", "flows.fits.sync",
-           "flows.fits.header", "flows.fits.previews", "flows.nrao.flow", "flows.ega.inbox_notify",
-           "astropy.io.fits", "numpy", "psycopg", "httpx", "pika", "boto3", "botocore.client")
+# Besides every module of our own packages: what Prefect imports on a flow's first run, and what our
+# steps import inside functions (so that a CLI call that needs them finds them loaded).
+PRELOAD = ("prefect", "prefect.flows", "prefect.tasks", "prefect.flow_engine", "prefect.task_engine",
+           "prefect.artifacts", "prefect.runtime", "prefect.results", "prefect.transactions",
+           "prefect.cache_policies", "prefect.events.worker", "prefect.events.clients", "prefect.logging.handlers",
+           "prefect.client.orchestration", "prefect.client.schemas.objects", "prefect.settings",
+           "prefect.logging.configuration", "prefect.blocks.core", "prefect.concurrency.sync",
+           "astropy.io.fits", "astropy.wcs", "numpy", "psycopg", "psycopg_pool", "httpx", "pika", "boto3",
+           "botocore.client", "pgpy", "pgserver", "cryptography.hazmat.primitives.ciphers.aead",
+           "cryptography.hazmat.decrepit.ciphers.modes", "crypt4gh", "jsonschema", "crc32c",
+           "psutil", "bagit", "pygfried", "PIL.Image", "matplotlib", "matplotlib.cm", "prefect_aws",
+           "fastapi", "fastapi.encoders", "crypt4gh.keys", "prefect.utilities.visualization")
+SKIP_PRELOAD = ("deployments.warm",)
 DISABLE_ENV = "INGEST_WARM_RUNNER"  # "0" runs every call in its own process, as before
 _LEN = struct.Struct("!I")
 GRACE_SECONDS = 3.0
@@ -120,8 +127,9 @@ def _read_line(conn: socket.socket) -> str:
 class Supervisor:
     """Run by the home's local API process: keeps one warm runner alive beside it, and stops it at the end."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, url: str) -> None:
         self.home = home
+        self.url = url
         self.proc: subprocess.Popen | None = None
         self.starts: list[float] = []
 
@@ -133,7 +141,8 @@ class Supervisor:
         if len(self.starts) >= 3:
             return  # it keeps dying: calls run in their own process until it settles
         self.starts.append(now)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_SERVER_", "PREFECT_UI_"))}
+        env["PREFECT_API_URL"] = self.url  # as its callers have it, so their settings can be prepared once
         with open(self.home / "prefect" / "runner.log", "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "deployments.warm", "--home", str(self.home)],
                                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -157,23 +166,19 @@ def _api_alive(home: Path) -> bool:
     return state is not None and _is_our_server(state)
 
 
+_HOME: list[Path] = []
+
+
 def serve(home: Path) -> int:
+    _HOME.append(home)
     lock = open(lock_path(home), "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another runner serves this home
     started = time.monotonic()
-    import importlib
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in PRELOAD:
-            try:
-                importlib.import_module(name)
-            except Exception as exc:  # an optional module: the child imports it if it needs it
-                print(f"preload {name}: {type(exc).__name__}: {exc}", flush=True)
+    _preload()
+    _prepare_prefect()
     mine = fingerprint()
     path = sock_path(home)
     path.unlink(missing_ok=True)
@@ -190,6 +195,9 @@ def serve(home: Path) -> int:
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
+                if not _learn(home):
+                    print("an import started a thread: exiting, to be started afresh", flush=True)
+                    break
                 continue
             stale = _serve_one(conn, listener, mine)
             if stale:
@@ -202,6 +210,86 @@ def serve(home: Path) -> int:
         finally:
             listener.close()
     return 0
+
+
+def our_modules() -> list[str]:
+    names = []
+    for package in SOURCE_DIRS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            if name not in SKIP_PRELOAD:
+                names.append(name)
+    return names
+
+
+def learned_path(home: Path) -> Path:
+    return home / "prefect" / "runner-imports.txt"
+
+
+def _preload(names: list[str] | None = None) -> None:
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in names if names is not None else [*PRELOAD, *our_modules()]:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # optional: a call that needs it imports it itself
+                print(f"preload {name}: {type(exc).__name__}: {exc}", flush=True)
+        if names is None:
+            from tasks import embedded_pg
+
+            embedded_pg._pgserver()
+
+
+def _learn(home: Path) -> bool:
+    """Import what earlier calls had to import themselves (they list it in runner-imports.txt), between
+    calls, so the next call finds it loaded. False if an import started a thread: forks are unsafe then."""
+    import threading
+
+    try:
+        wanted = set(learned_path(home).read_text().split())
+    except OSError:
+        return True
+    missing = sorted(name for name in wanted if name not in sys.modules)
+    if missing:
+        _preload(missing)
+        print(f"learned {len(missing)} imports from earlier calls", flush=True)
+    return threading.active_count() == 1
+
+
+def _report_new_imports(home: Path, before: set[str]) -> None:
+    """From a finished call: the top-level-importable modules it loaded that the runner had not."""
+    try:
+        known = set(learned_path(home).read_text().split())
+    except OSError:
+        known = set()
+    new = sorted(name for name in set(sys.modules) - before - known
+                 if not name.startswith(("__", "_")) and "._" not in name and sys.modules.get(name) is not None)
+    if new:
+        with open(learned_path(home), "a") as fh:
+            fh.write("\n".join(new) + "\n")
+
+
+_PREPARED: dict[str, Any] = {}
+
+
+def _prefect_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith("PREFECT_")}
+
+
+def _prepare_prefect() -> None:
+    """The settings a CLI call runs with (no flow heartbeats: a one-shot run pays ~1 s at exit for them),
+    computed once for callers whose Prefect environment is the runner's own."""
+    import prefect.context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    ctx = prefect.context.GLOBAL_SETTINGS_CONTEXT
+    _PREPARED["env"] = _prefect_env(dict(os.environ))
+    _PREPARED["context"] = prefect.context.SettingsContext(
+        profile=ctx.profile, settings=ctx.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
 
 
 def _serve_one(conn: socket.socket, listener: socket.socket, mine: str) -> bool:
@@ -259,6 +347,9 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = [str(ROOT / "flows" / "run.py"), *request["argv"]]
+        import tasks.home
+
+        tasks.home.apply_home_env()
         sys.stdout.reconfigure(line_buffering=os.isatty(1))
         sys.stderr.reconfigure(line_buffering=True)
         _refresh_prefect()
@@ -266,6 +357,7 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
         _watch_caller(conn)
         from flows.run import main
 
+        loaded = set(sys.modules)
         try:
             code = int(main(request["argv"]) or 0)
         except SystemExit as exc:
@@ -277,6 +369,10 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
 
             traceback.print_exc()
             code = 1
+        try:
+            _report_new_imports(_HOME[0], loaded)
+        except OSError:
+            pass
     finally:
         # From here on the caller may go away (it has what it needs once the exit line is sent): the
         # watcher's interrupt must not unwind this child into the runner's own stack.
@@ -300,10 +396,14 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
 
 
 def _refresh_prefect() -> None:
-    """Prefect read its settings (and set up logging) from the runner's environment at import."""
+    """Prefect read its settings (and set up logging) from the runner's environment at import: keep them
+    when the caller's Prefect environment is the same, else read the caller's."""
     import prefect.context
     from prefect.logging.configuration import setup_logging
 
+    if _prefect_env(dict(os.environ)) == _PREPARED.get("env"):
+        prefect.context.GLOBAL_SETTINGS_CONTEXT = _PREPARED["context"]
+        return
     prefect.context.refresh_global_settings_context()
     setup_logging(incremental=False)
 

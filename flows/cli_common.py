@@ -21,6 +21,9 @@ def local_run() -> Iterator[None]:
     """Settings for a one-shot local run: no flow heartbeats (they cost ~1 s at exit)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    if PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is None:  # already so (the warm runner's calls)
+        yield
+        return
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 

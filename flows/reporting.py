@@ -64,16 +64,20 @@ def ingest_report(domain: str, name: str, summary: dict[str, Any], *, events: li
         log.warning("could not publish the ingest report: %s", exc)
 
 
-class Progress:
-    """A progress artifact updated at most every ``interval`` seconds."""
+PROGRESS_MIN_BYTES = 64 << 20  # below this a step takes well under a second: no progress artifact
 
-    def __init__(self, description: str, total: int, interval: float = 2.0) -> None:
+
+class Progress:
+    """A progress artifact updated at most every ``interval`` seconds, for work large enough to watch."""
+
+    def __init__(self, description: str, total: int, interval: float = 2.0,
+                 min_total: int = PROGRESS_MIN_BYTES) -> None:
         self.total = max(total, 1)
         self.interval = interval
         self.done = 0
         self._last = 0.0
         self._id = None
-        if _in_run():
+        if _in_run() and total >= min_total:
             try:
                 from prefect.artifacts import create_progress_artifact
 

@@ -38,14 +38,14 @@ class AptConfig:
 
 def load_config(block_name: str = "default") -> AptConfig:
     from blocks.apt import AptBlock
-    from blocks.register import load_block
+    from blocks.register import load_blocks
     from blocks.registry import RegistryBlock
     from flows.apt.receiving import receiving_from_block
 
-    block = load_block(AptBlock, block_name)
+    block, registry = load_blocks([AptBlock, RegistryBlock], block_name)
     staging_root = Path(block.staging_root) if block.staging_root else home_path("staging") / "apt"
     return AptConfig(
-        registry=load_block(RegistryBlock, block_name).open(),
+        registry=registry.open(),
         receiving=receiving_from_block(block),
         block=block,
         block_name=block_name,

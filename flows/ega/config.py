@@ -29,16 +29,16 @@ class EgaConfig:
 def load_config(block_name: str = "default", *, inbox_root: str | None = None) -> EgaConfig:
     from blocks.broker import BrokerBlock
     from blocks.keyserver import KeyserverBlock
-    from blocks.register import load_block
+    from blocks.register import load_blocks
     from blocks.registry import RegistryBlock
     from blocks.vault import VaultBlock
     from tasks.keys import load_c4gh_public_key
 
-    keyserver = load_block(KeyserverBlock, block_name)
-    broker = load_block(BrokerBlock, block_name)
+    keyserver, broker, registry, vault = load_blocks([KeyserverBlock, BrokerBlock, RegistryBlock, VaultBlock],
+                                                     block_name)
     return EgaConfig(
-        registry=load_block(RegistryBlock, block_name).open(),
-        vault=load_block(VaultBlock, block_name).vault(),
+        registry=registry.open(),
+        vault=vault.vault(),
         keys=keyserver.source(),
         vault_public_key=load_c4gh_public_key(keyserver.vault_public_key_path()),
         transport=broker.transport(),

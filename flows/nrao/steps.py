@@ -129,14 +129,14 @@ class NraoConfig:
 def load_config(block_name: str = "default", *, ngas_url: str | None = None) -> NraoConfig:
     from blocks.broker import BrokerBlock
     from blocks.ngas import NgasBlock
-    from blocks.register import load_block
+    from blocks.register import load_blocks
     from blocks.registry import RegistryBlock
 
-    ngas = load_block(NgasBlock, block_name)
+    ngas, registry, broker = load_blocks([NgasBlock, RegistryBlock, BrokerBlock], block_name)
     if ngas_url:
         ngas = ngas.model_copy(update={"url": ngas_url})
-    return NraoConfig(ngas_block=ngas, registry_block=load_block(RegistryBlock, block_name),
-                      transport=load_block(BrokerBlock, block_name).transport(), exchange=ngas.status_exchange,
+    return NraoConfig(ngas_block=ngas, registry_block=registry,
+                      transport=broker.transport(), exchange=ngas.status_exchange,
                       source_root=ngas.source_path(), staging_root=ngas.staging_path())
 
 
