@@ -72,8 +72,11 @@ def bench_sqlite(work: Path, repeat: int, pg_median: float) -> None:
     """The same unchanged-cube calls with the local API on Prefect's SQLite: why it is not the default."""
     home = work / "home-sqlite"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(INGEST_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect/prefect.db")
+    env.update(INGEST_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    (home / "prefect").mkdir(parents=True)  # where `init --prefect-database` records a database, but SQLite
+    (home / "prefect" / "profiles.toml").write_text(
+        'active = "ephemeral"\n[profiles.ephemeral]\n'
+        f'PREFECT_SERVER_DATABASE_CONNECTION_URL = "sqlite+aiosqlite:///{home}/prefect/prefect.db"\n')
     try:
         cli(env, "init")
         from flows.fits.samples import write_sample_cube

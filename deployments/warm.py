@@ -21,6 +21,7 @@ import array
 import fcntl
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -39,10 +40,10 @@ PRELOAD = ("prefect", "prefect.flows", "prefect.tasks", "prefect.flow_engine", "
            "prefect.cache_policies", "prefect.events.worker", "prefect.events.clients", "prefect.logging.handlers",
            "prefect.client.orchestration", "prefect.client.schemas.objects", "prefect.settings",
            "prefect.logging.configuration", "prefect.blocks.core", "prefect.concurrency.sync",
-           "astropy.io.fits", "astropy.wcs", "numpy", "psycopg", "psycopg_pool", "httpx", "pika", "boto3",
+           "astropy.io.fits", "astropy.wcs", "numpy", "psycopg", "httpx", "pika", "boto3",
            "botocore.client", "pgpy", "pgserver", "cryptography.hazmat.primitives.ciphers.aead",
            "cryptography.hazmat.decrepit.ciphers.modes", "crypt4gh", "jsonschema", "crc32c",
-           "psutil", "bagit", "pygfried", "PIL.Image", "matplotlib", "matplotlib.cm", "prefect_aws",
+           "psutil", "bagit", "PIL.Image", "matplotlib", "matplotlib.cm", "prefect_aws",
            "fastapi", "fastapi.encoders", "crypt4gh.keys", "prefect.utilities.visualization")
 SKIP_PRELOAD = ("deployments.warm",)
 DISABLE_ENV = "INGEST_WARM_RUNNER"  # "0" runs every call in its own process, as before
@@ -167,6 +168,10 @@ def _api_alive(home: Path) -> bool:
 
 
 _HOME: list[Path] = []
+_LOCK: list[Any] = []  # the runner's lock file: a fork must close its copy, or the lock outlives the runner
+# Fork-unsafe: a library whose runtime keeps native threads (Go's, in pygfried) hangs in a fork. Such
+# modules are never preloaded; a call imports them itself. Others found by _preload are added at run time.
+FORK_UNSAFE = {"pygfried"}
 
 
 def serve(home: Path) -> int:
@@ -175,9 +180,12 @@ def serve(home: Path) -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return 0  # another runner serves this home
+        print("another runner holds runner.lock: exiting", flush=True)
+        return 0
+    _LOCK.append(lock)
     started = time.monotonic()
-    _preload()
+    if not _preload():
+        return 3  # a module turned out fork-unsafe (now listed): the supervisor starts a runner without it
     _prepare_prefect()
     mine = fingerprint()
     path = sock_path(home)
@@ -185,24 +193,30 @@ def serve(home: Path) -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(64)
-    listener.settimeout(2.0)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leave through the finally: no stale socket
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} warm runner pid {os.getpid()} ready in "
           f"{time.monotonic() - started:.1f} s at {path}", flush=True)
+    calls = Calls()
     try:
         while _api_alive(home):
-            try:
-                conn, _ = listener.accept()
-            except socket.timeout:
-                if not _learn(home):
-                    print("an import started a thread: exiting, to be started afresh", flush=True)
+            readable, _, _ = select.select([listener, *calls.sockets()], [], [], 1.0)
+            for sock in readable:
+                if sock is not listener:
+                    calls.caller_spoke(sock)
+            calls.end_abandoned()
+            if listener not in readable:
+                if not calls.active() and not _learn(home):
+                    print("a learned import is fork-unsafe: exiting, to be started afresh", flush=True)
                     break
                 continue
-            stale = _serve_one(conn, listener, mine)
-            if stale:
+            conn, _ = listener.accept()
+            outcome = _serve_one(conn, listener, mine)
+            if outcome == "stale":
                 print("callers run newer code or another interpreter: exiting", flush=True)
                 break
+            if isinstance(outcome, tuple):
+                calls.add(*outcome)
     finally:
         try:
             if path.exists():
@@ -210,6 +224,65 @@ def serve(home: Path) -> int:
         finally:
             listener.close()
     return 0
+
+
+class Calls:
+    """The runner's side of each running call: its connection and its fork's pid.
+
+    A fork watches its caller itself, but a library call that never releases the GIL would keep that
+    watcher from running; the runner, single-threaded and outside the call, ends a fork whose caller
+    has gone and that is still there after the grace period.
+    """
+
+    def __init__(self) -> None:
+        self.conns: dict[socket.socket, tuple[int, float | None]] = {}
+
+    def add(self, conn: socket.socket, pid: int) -> None:
+        self.conns[conn] = (pid, None)  # blocking, as the fork (sharing the file) needs it: reads use MSG_DONTWAIT
+
+    def sockets(self) -> list[socket.socket]:
+        return [c for c, (_, gone) in self.conns.items() if gone is None]
+
+    def active(self) -> bool:
+        return bool(self.conns)
+
+    def caller_spoke(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the caller has gone: finished, killed or interrupted
+            pid, _ = self.conns[conn]
+            self.conns[conn] = (pid, time.monotonic())
+
+    def end_abandoned(self) -> None:
+        now = time.monotonic()
+        for conn, (pid, gone) in list(self.conns.items()):
+            if gone is None:
+                continue
+            if _alive(pid) and now - gone > GRACE_SECONDS + 1:
+                print(f"call pid {pid}: its caller went away {now - gone:.0f} s ago; ending it", flush=True)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not _alive(pid):
+                conn.close()
+                del self.conns[conn]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def our_modules() -> list[str]:
@@ -227,47 +300,75 @@ def learned_path(home: Path) -> Path:
     return home / "prefect" / "runner-imports.txt"
 
 
-def _preload(names: list[str] | None = None) -> None:
+def _native_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _learned(home: Path) -> tuple[set[str], set[str]]:
+    """(modules earlier calls imported, modules found fork-unsafe)."""
+    try:
+        words = set(learned_path(home).read_text().split())
+    except OSError:
+        return set(), set()
+    unsafe = {w[1:] for w in words if w.startswith("!")}
+    return {w for w in words if not w.startswith("!")} - unsafe, unsafe
+
+
+def _preload(names: list[str] | None = None) -> bool:
+    """Import ``names`` (default: everything we know a call needs); False when one started native threads."""
     import importlib
     import warnings
 
+    home = _HOME[0] if _HOME else None
+    unsafe = set(FORK_UNSAFE) | (_learned(home)[1] if home else set())
+    first = names is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if first:
+            importlib.import_module("numpy")  # OpenBLAS starts its pool here; it handles fork itself
+        baseline = _native_threads()
         for name in names if names is not None else [*PRELOAD, *our_modules()]:
+            if name in unsafe or name.split(".")[0] in unsafe:
+                continue
             try:
                 importlib.import_module(name)
             except Exception as exc:  # optional: a call that needs it imports it itself
                 print(f"preload {name}: {type(exc).__name__}: {exc}", flush=True)
-        if names is None:
+            if _native_threads() > baseline:
+                print(f"preload {name}: it started native threads, so forks of this process could hang in "
+                      f"it; calls will import it themselves", flush=True)
+                if home is not None:
+                    with open(learned_path(home), "a") as fh:
+                        fh.write(f"!{name.split('.')[0]}\n")
+                return False
+        if first:
             from tasks import embedded_pg
 
             embedded_pg._pgserver()
+    return True
 
 
 def _learn(home: Path) -> bool:
-    """Import what earlier calls had to import themselves (they list it in runner-imports.txt), between
-    calls, so the next call finds it loaded. False if an import started a thread: forks are unsafe then."""
-    import threading
-
-    try:
-        wanted = set(learned_path(home).read_text().split())
-    except OSError:
-        return True
+    """Import what earlier calls had to import themselves (listed in runner-imports.txt), between calls,
+    so the next call finds it loaded. False when one of them is fork-unsafe."""
+    wanted, _ = _learned(home)
     missing = sorted(name for name in wanted if name not in sys.modules)
-    if missing:
-        _preload(missing)
-        print(f"learned {len(missing)} imports from earlier calls", flush=True)
-    return threading.active_count() == 1
+    if not missing:
+        return True
+    ok = _preload(missing)
+    print(f"learned {len(missing)} imports from earlier calls", flush=True)
+    return ok
 
 
 def _report_new_imports(home: Path, before: set[str]) -> None:
     """From a finished call: the top-level-importable modules it loaded that the runner had not."""
-    try:
-        known = set(learned_path(home).read_text().split())
-    except OSError:
-        known = set()
-    new = sorted(name for name in set(sys.modules) - before - known
-                 if not name.startswith(("__", "_")) and "._" not in name and sys.modules.get(name) is not None)
+    wanted, unsafe = _learned(home)
+    new = sorted(name for name in set(sys.modules) - before - wanted
+                 if not name.startswith(("__", "_")) and "._" not in name and sys.modules.get(name) is not None
+                 and name.split(".")[0] not in unsafe | FORK_UNSAFE)
     if new:
         with open(learned_path(home), "a") as fh:
             fh.write("\n".join(new) + "\n")
@@ -292,9 +393,11 @@ def _prepare_prefect() -> None:
         profile=ctx.profile, settings=ctx.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket, mine: str) -> bool:
-    """Fork a child for one call; True when the caller's code differs from ours (we should exit)."""
+def _serve_one(conn: socket.socket, listener: socket.socket, mine: str) -> str | tuple[socket.socket, int] | None:
+    """Fork a child for one call: (the connection, kept to watch the caller, and the fork's pid); "stale"
+    when the caller's code differs from ours (we should exit); None when the request failed."""
     fds: list[int] = []
+    keep = False
     try:
         conn.settimeout(10)
         msg, ancdata, _, _ = conn.recvmsg(_LEN.size, socket.CMSG_SPACE(3 * array.array("i").itemsize))
@@ -311,27 +414,31 @@ def _serve_one(conn: socket.socket, listener: socket.socket, mine: str) -> bool:
         request = json.loads(body)
         if request.get("fingerprint") != mine or len(fds) != 3:
             conn.sendall(b"stale\n")
-            return True
+            return "stale"
         conn.settimeout(None)
         pid = os.fork()
         if pid == 0:  # the child: never returns
             try:
                 listener.close()
+                for held in _LOCK:
+                    held.close()
                 _become_the_call(conn, fds, request)
             finally:
                 os._exit(70)
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {pid}: {' '.join(request['argv'][:3])}", flush=True)
-        return False  # the child answers the caller
+        keep = True
+        return conn, pid  # the child answers the caller
     except (OSError, ValueError) as exc:
         print(f"a caller's request failed: {exc}", flush=True)
-        return False
+        return None
     finally:
         for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        conn.close()
+        if not keep:
+            conn.close()
 
 
 def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:

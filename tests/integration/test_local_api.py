@@ -133,24 +133,39 @@ def runner_calls(home: Path) -> list[str]:
     return [line for line in (home / "prefect" / "runner.log").read_text().splitlines() if " call pid " in line]
 
 
+def assert_only_shared_processes_remain(home: Path, within: float = 10) -> None:
+    deadline = time.monotonic() + within  # a killed call's fork gets its grace period to go
+    while time.monotonic() < deadline and home_processes(home) - shared_processes(home):
+        time.sleep(0.2)
+    leftovers = home_processes(home) - shared_processes(home)
+    assert not leftovers, {pid: _cmdline(pid) for pid in leftovers}
+
+
 def test_a_killed_call_leaves_only_the_shared_server(ingest_home: Path) -> None:
     assert cli(ingest_home, "init").returncode == 0
     wait_for_runner(ingest_home)
-    for delay in (1.5, 4.0):
+    # a call that waits forever (for its message on stdin), killed: its fork must go too
+    blocked = subprocess.Popen([sys.executable, str(ROOT / "flows" / "run.py"), "ega", "--message", "-"], cwd=ROOT,
+                               env=cli_env(ingest_home), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    assert blocked.poll() is None
+    os.kill(blocked.pid, signal.SIGKILL)
+    blocked.wait(timeout=10)
+    blocked.stdin.close()
+    assert_only_shared_processes_remain(ingest_home)
+    # a call killed in the middle of its flows
+    for delay in (1.0, 2.0):
         proc = subprocess.Popen([sys.executable, str(ROOT / "flows" / "run.py"), "demo"], cwd=ROOT,
                                 env=cli_env(ingest_home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        deadline = time.monotonic() + 10  # children of the killed call get a moment to go
-        while time.monotonic() < deadline and home_processes(ingest_home) - shared_processes(ingest_home):
-            time.sleep(0.2)
-        leftovers = home_processes(ingest_home) - shared_processes(ingest_home)
-        assert not leftovers, {pid: _cmdline(pid) for pid in leftovers}
+        assert_only_shared_processes_remain(ingest_home)
     done = cli(ingest_home, "demo")
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(server_pids(ingest_home)) == 1
-    assert len(runner_calls(ingest_home)) == 3  # the killed calls and the last ran in forks of the warm runner
+    assert len(runner_calls(ingest_home)) == 4  # every call ran in a fork of the warm runner
 
 
 def test_a_call_in_the_warm_runner_is_the_same_call(ingest_home: Path, tmp_path: Path) -> None:
