@@ -443,6 +443,7 @@ def _serve_one(conn: socket.socket, listener: socket.socket, mine: str) -> str |
 
 def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
     code = 2
+    began = time.monotonic()
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess.run in the call must be able to wait
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -499,7 +500,27 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
             conn.sendall(f"exit {code}\n".encode())
         except OSError:
             pass
+        _log_exit(code, time.monotonic() - began)
         os._exit(code)
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _log_exit(code: int, seconds: float) -> None:
+    """One line per call in runner.log: how it ended, how long it took, its peak memory (the runner's
+    own imports, shared with it, included)."""
+    try:
+        with open(_HOME[0] / "prefect" / "runner.log", "a") as log:
+            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {os.getpid()} exit {code} after "
+                      f"{seconds:.3f} s, peak RSS {_peak_rss_mib():.1f} MiB\n")
+    except (OSError, IndexError):
+        pass
 
 
 def _refresh_prefect() -> None:

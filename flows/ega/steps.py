@@ -145,8 +145,9 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> 
         result = reencrypt(ProgressReader(raw, progress), out, private_key, cfg.vault_public_key,
                            on_session_key=lambda sk: records.claim_session_key(
                                cfg.registry, sk.sha256, located.upload, located.file_id),
-                           # only the digest we must compare; the vault put hashes the output
-                           encrypted_algorithms=(located.upload.checksum_type,), hash_output=False)
+                           # only the ciphertext digest we must compare, and the output's sha256:
+                           # the vault move and its one verifying read check against it
+                           encrypted_algorithms=(located.upload.checksum_type,), hash_output=True)
     progress.finish()
     staged = Staged(name, result.output_size, result.output_sha256, dict(result.encrypted.checksums),
                     result.encrypted.size, dict(result.plaintext.checksums), result.plaintext.size)
@@ -174,14 +175,13 @@ def vault_key(msg: EgaMessage, located: Located) -> str:
 
 def archive(cfg: EgaConfig, msg: EgaMessage, located: Located, staged: Staged,
             correlation_id: str | None) -> dict[str, Any]:
-    """Move the staged file into the vault, read it back, then record what we know."""
+    """Move the staged file into the vault (a rename on the vault's filesystem), read it back once against
+    the sha256 the decrypt pass computed, then record what we know."""
     key = vault_key(msg, located)
-    with open(cfg.staging.path(staged.name), "rb") as fh:
-        put = cfg.vault.put_stream(key, fh, size_hint=staged.size, algorithms=("sha256",))
-    archived_sha256 = put.checksums["sha256"]
+    assert staged.sha256, "the decrypt pass hashes its output"
+    put = cfg.vault.move_in(key, cfg.staging.path(staged.name), size=staged.size, sha256=staged.sha256)
+    archived_sha256 = staged.sha256
     try:
-        if put.size != staged.size or (staged.sha256 and archived_sha256 != staged.sha256):
-            raise RuntimeError(f"vault copy of {staged.name} differs from staging while writing")
         cfg.vault.verify(key, size=staged.size, sha256=archived_sha256)
     except BaseException:
         cfg.vault.delete(key)
@@ -195,7 +195,6 @@ def archive(cfg: EgaConfig, msg: EgaMessage, located: Located, staged: Staged,
         decrypted_size=staged.plaintext_size, archive_checksum=archived_sha256, archive_checksum_type="sha256",
         archive_size=staged.size, archive_uri=put.uri, archive_key=key,
     )
-    cfg.staging.remove(staged.name)
     row = records.get_by_id(cfg.registry, located.file_id)
     publish(cfg, cfg.internal_exchange, "archived", archived_body(msg, row), correlation_id)
     return row

@@ -130,7 +130,8 @@ def wait_for_runner(home: Path, timeout: float = 60) -> None:
 
 
 def runner_calls(home: Path) -> list[str]:
-    return [line for line in (home / "prefect" / "runner.log").read_text().splitlines() if " call pid " in line]
+    return [line for line in (home / "prefect" / "runner.log").read_text().splitlines()
+            if " call pid " in line and " exit " not in line and "ending it" not in line]
 
 
 def assert_only_shared_processes_remain(home: Path, within: float = 10) -> None:

@@ -416,3 +416,66 @@ def test_uri_round_trip(backend) -> None:
     assert isinstance(again, Vault)
     with pytest.raises(UserError):
         vault_from_uri("ftp://host/x")
+
+
+def test_move_in_checks_and_consumes_the_staged_file(backend, tmp_path: Path) -> None:
+    data = _payload(3 * MiB + 5, seed=7)
+    staged = tmp_path / "staged.c4gh"
+    staged.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    _, vault, _ = backend
+    put = vault.move_in("ega/X/obj.c4gh", staged, size=len(data), sha256=sha)
+    assert put.size == len(data) and put.checksums["sha256"] == sha and not staged.exists()
+    assert vault.verify("ega/X/obj.c4gh", size=len(data), sha256=sha).checksums["sha256"] == sha
+    with vault.open_read("ega/X/obj.c4gh") as fh:
+        assert fh.read() == data
+    staged.write_bytes(data[:-1] + b"!")  # not what the pass hashed
+    if isinstance(vault, S3Vault):  # no rename there: the copy is hashed and refused
+        with pytest.raises(VaultError, match="differs from the staged file"):
+            vault.move_in("ega/Y/obj.c4gh", staged, size=len(data), sha256=sha)
+        assert not vault.exists("ega/Y/obj.c4gh")
+    else:  # a rename keeps the bytes: the verifying read is what catches it
+        vault.move_in("ega/Y/obj.c4gh", staged, size=len(data), sha256=sha)
+        with pytest.raises(VaultVerifyError, match="checksum mismatch"):
+            vault.verify("ega/Y/obj.c4gh", size=len(data), sha256=sha)
+
+
+def test_move_in_on_the_vault_filesystem_is_a_rename(tmp_path: Path) -> None:
+    from tasks.vault import FilesystemVault
+
+    vault = FilesystemVault(tmp_path / "vault")
+    staged = tmp_path / "staging" / "x.c4gh"
+    staged.parent.mkdir()
+    staged.write_bytes(b"crypt4gh bytes")
+    inode = staged.stat().st_ino
+    vault.move_in("ega/E/x.c4gh", staged, size=14, sha256=hashlib.sha256(b"crypt4gh bytes").hexdigest())
+    assert vault.path("ega/E/x.c4gh").stat().st_ino == inode  # the same file: no copy was written
+    assert not staged.exists() and len(_fs_files(tmp_path / "vault")) == 1
+
+
+def test_move_in_across_filesystems_copies_and_checks(tmp_path: Path) -> None:
+    """A vault on another filesystem (a tmpfs here) gets a hashed copy; a staged file that does not match
+    what the pass computed is refused and leaves no object."""
+    import subprocess
+
+    from tasks.vault import FilesystemVault, VaultError
+
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(other)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root): no second filesystem to copy across")
+    try:
+        vault = FilesystemVault(other / "vault")
+        data = _payload(MiB, seed=3)
+        staged = tmp_path / "a.c4gh"
+        staged.write_bytes(data)
+        inode = staged.stat().st_ino
+        vault.move_in("ega/A/a.c4gh", staged, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        assert vault.path("ega/A/a.c4gh").read_bytes() == data and not staged.exists()
+        assert vault.path("ega/A/a.c4gh").stat().st_ino != inode
+        staged.write_bytes(data)
+        with pytest.raises(VaultError, match="differs from the staged file"):
+            vault.move_in("ega/B/b.c4gh", staged, size=len(data), sha256="0" * 64)
+        assert not vault.exists("ega/B/b.c4gh") and staged.exists()
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
