@@ -144,8 +144,14 @@ class EgaSide:
                     f"| {self.gpg} -d | tee >(sha256sum > {s}.plain_sha256) >(md5sum > {s}.plain_md5) "
                     f"| crypt4gh encrypt --recipient_pk {self.keys / 'vault.c4gh.pub'} > {out}; wait; "
                     f"cp {out} {self.tools_vault}/ && sha256sum {self.tools_vault / out.name} > /dev/null")
-        if not (self.work / ".unlocked").exists():
-            shell(pipeline)  # unlock the key in gpg-agent before anything is timed
+        if not (self.work / ".unlocked").exists():  # start gpg-agent with the key before anything is timed
+            for _ in range(3):
+                try:
+                    shell(pipeline)
+                    break
+                except subprocess.CalledProcessError:  # a fresh agent sometimes misses the key once: import again
+                    subprocess.run(f"{self.gpg} --import {self.keys / 'ega.sec.asc'}", shell=True,
+                                   capture_output=True)
             (self.work / ".unlocked").touch()
         elapsed = shell(pipeline)
         if Path(f"{s}.plain_sha256").read_text().split()[0] != message["unencrypted_integrity"]["checksum"]:
