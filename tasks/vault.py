@@ -99,6 +99,16 @@ def check_key(key: str) -> str:
     return key
 
 
+def _check_expected(hasher: MultiHasher, expect: dict[str, str] | None, what: str) -> None:
+    if not expect:
+        return
+    actual = hasher.hexdigests()
+    bad = {a: actual.get(a) for a, v in expect.items() if actual.get(a) != v}
+    if bad:
+        raise VaultError(f"{what} differs from the staged file while writing: "
+                         + ", ".join(f"{a} {bad[a]} != expected {expect[a]}" for a in bad))
+
+
 def _check_list_prefix(prefix: str) -> str:
     """A list prefix is a string prefix (S3 semantics), so it may end in '/' or mid-name."""
     if prefix:
@@ -124,7 +134,9 @@ class Vault(ABC):
 
     @abstractmethod
     def put_stream(self, key: str, stream: BinaryIO, *, size_hint: int | None = None,
-                   algorithms: Iterable[str] = ("sha256",)) -> PutResult: ...
+                   algorithms: Iterable[str] = ("sha256",), expect: dict[str, str] | None = None) -> PutResult:
+        """Store ``stream`` under ``key`` atomically. With ``expect`` ({algorithm: hex}), bytes that hash
+        otherwise never become the object: the put fails (VaultError) before it is published."""
 
     @abstractmethod
     def stat(self, key: str) -> int | None:
@@ -149,9 +161,11 @@ class Vault(ABC):
     def cleanup_incomplete(self, older_than: float = 24 * 3600) -> int:
         """Remove what killed puts left behind (older than ``older_than`` seconds); return the count."""
 
-    def put_file(self, key: str, path: str | Path, *, algorithms: Iterable[str] = ("sha256",)) -> PutResult:
+    def put_file(self, key: str, path: str | Path, *, algorithms: Iterable[str] = ("sha256",),
+                 expect: dict[str, str] | None = None) -> PutResult:
         with open(path, "rb", buffering=0) as fh:
-            return self.put_stream(key, fh, size_hint=os.fstat(fh.fileno()).st_size, algorithms=algorithms)
+            return self.put_stream(key, fh, size_hint=os.fstat(fh.fileno()).st_size, algorithms=algorithms,
+                                   expect=expect)
 
     def move_in(self, key: str, path: str | Path, *, size: int, sha256: str) -> PutResult:
         """Put a staged file whose size and sha256 the caller already knows; the staged file is gone after.
@@ -159,12 +173,10 @@ class Vault(ABC):
         Here: a copy that hashes as it goes and must match. A backend that can do better (a rename on
         the same filesystem) overrides it. Either way the caller still verifies by reading back.
         """
-        put = self.put_file(key, path, algorithms=("sha256",))
-        if put.size != size or put.checksums.get("sha256") != sha256:
+        put = self.put_file(key, path, algorithms=("sha256",), expect={"sha256": sha256})
+        if put.size != size:
             self.delete(key)
-            raise VaultError(f"copy of {Path(path).name} into {put.uri} differs from the staged file while "
-                             f"writing: {put.size} bytes sha256 {put.checksums.get('sha256')}, expected {size} "
-                             f"bytes sha256 {sha256}")
+            raise VaultError(f"copy of {Path(path).name} into {put.uri} has {put.size} bytes, expected {size}")
         Path(path).unlink(missing_ok=True)
         return put
 
@@ -293,14 +305,15 @@ class FilesystemVault(Vault):
         return confine(self.root, check_key(key))
 
     def put_stream(self, key: str, stream: BinaryIO, *, size_hint: int | None = None,
-                   algorithms: Iterable[str] = ("sha256",)) -> PutResult:
+                   algorithms: Iterable[str] = ("sha256",), expect: dict[str, str] | None = None) -> PutResult:
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        hasher = MultiHasher(_algorithms(algorithms))
+        hasher = MultiHasher(sorted(set(_algorithms(algorithms)) | set(expect or ())))
         tmp = final.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             _pump(stream, hasher, lambda block: _write_all(fd, block), size_hint=size_hint)
+            _check_expected(hasher, expect, f"copy into {final.as_uri()}")
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -491,20 +504,23 @@ class S3Vault(Vault):
         return max(self.part_size, need)
 
     def put_stream(self, key: str, stream: BinaryIO, *, size_hint: int | None = None,
-                   algorithms: Iterable[str] = ("sha256",)) -> PutResult:
+                   algorithms: Iterable[str] = ("sha256",), expect: dict[str, str] | None = None) -> PutResult:
+        """Each request carries its checksum, which S3 verifies on receipt; with ``expect`` the whole
+        object's digest is compared before the single put or the multipart completion."""
         full = self.object_key(key)
-        hasher = MultiHasher(_algorithms(algorithms))
+        hasher = MultiHasher(sorted(set(_algorithms(algorithms)) | set(expect or ())))
         part_size = self._part_size_for(size_hint)
         first = _read_upto(stream, part_size)  # sized by what arrives: a 10-byte object costs 10 bytes
         hasher.update(first)
         if len(first) < part_size:
+            _check_expected(hasher, expect, f"copy into {self.uri(key)}")
             self.client.put_object(Bucket=self.bucket, Key=full, Body=first, **self._checksum)
         else:
-            self._put_multipart(full, first, stream, hasher, part_size)
+            self._put_multipart(full, first, stream, hasher, part_size, expect)
         return PutResult(key, self.uri(key), hasher.size, hasher.hexdigests())
 
     def _put_multipart(self, full: str, first: bytes, stream: BinaryIO, hasher: MultiHasher,
-                       part_size: int) -> None:
+                       part_size: int, expect: dict[str, str] | None = None) -> None:
         """Parts go up from recycled buffers: a fresh multi-MiB allocation per part costs
         page faults that, on this VM, halved throughput."""
         upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **self._checksum)["UploadId"]
@@ -544,6 +560,7 @@ class S3Vault(Vault):
                     raise VaultError(f"object exceeds {S3_MAX_PARTS} parts of {part_size} bytes; pass size_hint")
             settle(0)
             pool.shutdown()
+            _check_expected(hasher, expect, f"copy into s3://{self.bucket}/{full}")  # before it can exist
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts})
         except BaseException:
