@@ -91,4 +91,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="default", help="block document name")
     p.add_argument("--concurrency", type=int, default=16, help="flow runs created in parallel")
     p.add_argument("--no-events", action="store_true", help="do not emit ingest.message.accepted events")
-    p.set_defaults(handler=_listen)
+    p.set_defaults(handler=_listen, warm_ok=False)  # a daemon: its own process, signals and all

@@ -108,11 +108,34 @@ def run_in_runner(home: Path, argv: list[str]) -> int | None:
             return None
         if reply != "started":
             return None  # stale, or refused: the caller runs the command itself
+        forwarded = _forward_signals(conn)
         tail = _read_line(conn)
     if tail.startswith("exit "):
         return int(tail.split()[1])
+    if forwarded:  # the signal we passed on ended the call before it could answer
+        return 128 + forwarded[-1]
     print("archive-ingest: the warm runner's process for this call died without an exit status", file=sys.stderr)
     return 2
+
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _forward_signals(conn: socket.socket) -> list[int]:
+    """SIGTERM, SIGINT and SIGHUP sent to the caller (a service manager, Ctrl-C) reach the call's fork,
+    whose own handlers then run, as they would in-process."""
+    received: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        try:
+            conn.sendall(f"signal {signum}\n".encode())
+        except OSError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    return received
 
 
 def _read_line(conn: socket.socket) -> str:
@@ -200,12 +223,9 @@ def serve(home: Path) -> int:
     calls = Calls()
     try:
         while _api_alive(home):
-            readable, _, _ = select.select([listener, *calls.sockets()], [], [], 1.0)
-            for sock in readable:
-                if sock is not listener:
-                    calls.caller_spoke(sock)
+            ready = calls.wait(listener, 1.0)
             calls.end_abandoned()
-            if listener not in readable:
+            if not ready:
                 if not calls.active() and not _learn(home):
                     print("a learned import is fork-unsafe: exiting, to be started afresh", flush=True)
                     break
@@ -235,32 +255,43 @@ class Calls:
     """
 
     def __init__(self) -> None:
-        self.conns: dict[socket.socket, tuple[int, float | None]] = {}
+        self.conns: dict[int, tuple[socket.socket, int, float | None]] = {}
+        self.poll = select.poll()
+        self.listening = False
 
     def add(self, conn: socket.socket, pid: int) -> None:
-        self.conns[conn] = (pid, None)  # blocking, as the fork (sharing the file) needs it: reads use MSG_DONTWAIT
-
-    def sockets(self) -> list[socket.socket]:
-        return [c for c, (_, gone) in self.conns.items() if gone is None]
+        # Only a hang-up wakes us: data on the connection (signals the caller passes on) is the fork's.
+        self.poll.register(conn.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+        self.conns[conn.fileno()] = (conn, pid, None)
 
     def active(self) -> bool:
         return bool(self.conns)
 
-    def caller_spoke(self, conn: socket.socket) -> None:
-        try:
-            data = conn.recv(64, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:  # the caller has gone: finished, killed or interrupted
-            pid, _ = self.conns[conn]
-            self.conns[conn] = (pid, time.monotonic())
+    def wait(self, listener: socket.socket, timeout: float) -> bool:
+        """Wait for a new caller (True) or a hang-up; a hang-up starts that call's grace period."""
+        if not self.listening:
+            self.poll.register(listener.fileno(), select.POLLIN)
+            self.listening = True
+        new_caller = False
+        for fd, _ in self.poll.poll(timeout * 1000):
+            if fd == listener.fileno():
+                new_caller = True
+            elif fd in self.conns:
+                conn, pid, _ = self.conns[fd]
+                self.poll.unregister(fd)
+                self.conns[fd] = (conn, pid, time.monotonic())
+        return new_caller
 
     def end_abandoned(self) -> None:
+        """Kill forks whose callers left more than the grace period ago; let go of finished forks'
+        connections (a fork that died without answering leaves its caller waiting for this close)."""
         now = time.monotonic()
-        for conn, (pid, gone) in list(self.conns.items()):
+        for fd, (conn, pid, gone) in list(self.conns.items()):
             if gone is None:
+                if not _alive(pid):
+                    self.poll.unregister(fd)
+                    conn.close()
+                    del self.conns[fd]
                 continue
             if _alive(pid) and now - gone > GRACE_SECONDS + 1:
                 print(f"call pid {pid}: its caller went away {now - gone:.0f} s ago; ending it", flush=True)
@@ -270,7 +301,7 @@ class Calls:
                     pass
             if not _alive(pid):
                 conn.close()
-                del self.conns[conn]
+                del self.conns[fd]
 
 
 def _alive(pid: int) -> bool:
@@ -542,10 +573,15 @@ def _watch_caller(conn: socket.socket) -> None:
     import threading
 
     def watch() -> None:
+        pending = b""
         try:
-            while conn.recv(1):
-                pass
-        except OSError:
+            while chunk := conn.recv(64):
+                pending += chunk
+                while b"\n" in pending:  # a signal the caller received, passed on
+                    line, pending = pending.split(b"\n", 1)
+                    if line.startswith(b"signal ") and int(line.split()[1]) in FORWARDED:
+                        os.kill(os.getpid(), int(line.split()[1]))
+        except (OSError, ValueError):
             pass
         _thread.interrupt_main()
         time.sleep(GRACE_SECONDS)

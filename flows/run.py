@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None, *, warm: bool = False) -> int:
         except LocalApiError as exc:
             print(f"archive-ingest: {exc}", file=sys.stderr)
             return 2
-        if warm and started_here() is None:
+        if warm and started_here() is None and getattr(args, "warm_ok", True):
             from deployments.warm import run_in_runner
 
             code = run_in_runner(home(), argv)

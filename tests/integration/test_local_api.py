@@ -169,6 +169,26 @@ def test_a_killed_call_leaves_only_the_shared_server(ingest_home: Path) -> None:
     assert len(runner_calls(ingest_home)) == 4  # every call ran in a fork of the warm runner
 
 
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signals_to_the_caller_reach_the_call(ingest_home: Path, signum: int, code: int) -> None:
+    """Ctrl-C or a service manager's SIGTERM ends a call in the warm runner as it would one in-process."""
+    assert cli(ingest_home, "server", "start").returncode == 0
+    wait_for_runner(ingest_home)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "flows" / "run.py"), "ega", "--message", "-"], cwd=ROOT,
+                            env=cli_env(ingest_home), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not runner_calls(ingest_home):
+        time.sleep(0.1)
+    assert runner_calls(ingest_home), "the call never reached the runner"
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=20) == code
+    proc.stdin.close()
+    assert_only_shared_processes_remain(ingest_home, within=2)  # ended by the signal, not by the grace period
+
+
 def test_a_call_in_the_warm_runner_is_the_same_call(ingest_home: Path, tmp_path: Path) -> None:
     """cwd, environment, stdin, stdout, stderr and the exit code all belong to the caller."""
     assert cli(ingest_home, "init").returncode == 0
@@ -321,3 +341,15 @@ def test_batch_apt_three_bags_one_invalid(ingest_home: Path, tmp_path: Path) -> 
     bag_runs = [r for r in runs if r["parameters"].get("work_item_id") is not None]
     assert len(bag_runs) == 3
     assert sorted(r["state_type"] for r in bag_runs) == ["COMPLETED", "COMPLETED", "FAILED"]
+
+
+def test_batch_ega_one_line_per_message_and_the_worst_exit(ingest_home: Path, tmp_path: Path) -> None:
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    missing = tmp_path / "missing.json"
+    proc = cli(ingest_home, "ega", "--message", str(bad_json), str(missing), "--concurrency", "2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(r["message"] for r in results) == sorted([str(bad_json), str(missing)])
+    errors = {r["message"]: r["error"] for r in results}
+    assert "not valid JSON" in errors[str(bad_json)] and "cannot read" in errors[str(missing)]
