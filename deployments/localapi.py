@@ -444,7 +444,7 @@ def serve(at: Path, port: int, idle_minutes: float) -> int:
 
     activity = _Activity(create_app(final=True))
     server = uvicorn.Server(uvicorn.Config(activity, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
+                                           lifespan="on", timeout_graceful_shutdown=5))
     runner = Supervisor(at, url)
     threading.Thread(target=_idle_watch, args=(server, activity, at, idle_minutes * 60, runner),
                      daemon=True).start()

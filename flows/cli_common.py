@@ -65,3 +65,25 @@ def run_batch(items: Iterable[T], run_one: Callable[[T], tuple[int, dict[str, An
 def add_concurrency(parser: Any) -> None:
     parser.add_argument("--concurrency", type=int, default=2, metavar="N",
                         help="with several inputs: flow runs at once (default 2; each input gets its own run)")
+
+
+def drain_prefect_workers() -> None:
+    """Ship buffered logs and events now, before the API they go to stops (else they error at exit)."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())

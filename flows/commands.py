@@ -200,6 +200,9 @@ def _stop_what_demo_started(keep: bool) -> None:
         print(f"the local Prefect API keeps running: UI {ui} (stops after {started.idle_minutes:g} idle minutes, "
               f"or with 'python flows/run.py server stop')", flush=True)
         return
+    from flows.cli_common import drain_prefect_workers
+
+    drain_prefect_workers()
     localapi.stop()
     print(f"stopped the local Prefect API this demo started (its runs stay in its database; "
           f"'python flows/run.py server start' brings it and its UI back). Use --keep-server to leave it running.",

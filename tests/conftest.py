@@ -146,35 +146,15 @@ def prefect_api():
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
-            _drain_prefect_workers()
+            from flows.cli_common import drain_prefect_workers
+
+            drain_prefect_workers()
     finally:
         server.stop()
         if prior is not None:
             SubprocessASGIServer._instances[None] = prior
         else:
             SubprocessASGIServer._instances.pop(None, None)
-
-
-def _drain_prefect_workers() -> None:
-    """Ship buffered logs and events before the server goes (else they error at shutdown)."""
-    import inspect
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    async def drain() -> None:
-        try:
-            result = APILogWorker.instance().drain()
-            if inspect.isawaitable(result):
-                await result
-        except RuntimeError:
-            pass
-        result = EventsWorker.drain_all()
-        if inspect.isawaitable(result):
-            await result
-
-    run_coro_as_sync(drain())
 
 
 @pytest.fixture(scope="session", autouse=True)
