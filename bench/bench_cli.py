@@ -221,7 +221,7 @@ def bench_apt(env: dict[str, str], work: Path, bags: int) -> float:
     assert len(proc.stdout.splitlines()) == bags
     print(f"## APT: {bags} small bags")
     line(f"{bags} single 'apt BAG' calls", [single_total])
-    line(f"one 'apt BAG…' batch call (--concurrency 2)", [batch_total])
+    line("one 'apt BAG…' batch call (--concurrency 2)", [batch_total])
     print(f"  batch is {single_total / batch_total:.2f}x faster than single calls")
     return single_total / batch_total
 

@@ -18,7 +18,6 @@ Not a test: run it by hand on a quiet machine, e.g. ``--sizes 1,512,2048 --repea
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil

@@ -7,8 +7,9 @@ Android's zygote or Mercurial's command server, one process per home imports all
 and waits on a Unix socket (``$INGEST_HOME/prefect/runner.sock``). A CLI call sends its argv, cwd,
 environment and its stdin/stdout/stderr file descriptors (SCM_RIGHTS); the runner forks, the child
 becomes that call (same fds, cwd and environment, Prefect settings re-read) and sends back the
-exit code. The child watches the connection: if the caller dies (SIGKILL, Ctrl-C), the child
-stops too, so nothing outlives a killed call but the shared processes.
+exit code. SIGTERM, SIGINT and SIGHUP sent to the caller are passed on to the fork. If the caller
+dies, the fork is interrupted, and the runner kills it after a short grace, so nothing outlives a
+killed call but the shared processes.
 
 The runner imports, never connects or starts threads before forking. It holds ``runner.lock`` for
 life (one runner per home), exits when the home's local API is gone, and answers ``stale`` when

@@ -204,8 +204,8 @@ def _stop_what_demo_started(keep: bool) -> None:
 
     drain_prefect_workers()
     localapi.stop()
-    print(f"stopped the local Prefect API this demo started (its runs stay in its database; "
-          f"'python flows/run.py server start' brings it and its UI back). Use --keep-server to leave it running.",
+    print("stopped the local Prefect API this demo started (its runs stay in its database; "
+          "'python flows/run.py server start' brings it and its UI back). Use --keep-server to leave it running.",
           flush=True)
 
 
