@@ -32,8 +32,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IDLE_MINUTES = 30.0
 DEFAULT_START_TIMEOUT = 900.0  # generous: a fresh home runs Prefect's migrations, on a machine that may be loaded
+DEFAULT_ANSWER_TIMEOUT = 120.0  # a running server silent this long is taken for hung and replaced
 IDLE_ENV = "INGEST_LOCAL_API_IDLE_MINUTES"
 START_TIMEOUT_ENV = "INGEST_LOCAL_API_START_TIMEOUT"
+ANSWER_TIMEOUT_ENV = "INGEST_LOCAL_API_ANSWER_TIMEOUT"
 SERVE_MARK = "deployments.localapi"
 
 
@@ -53,6 +55,7 @@ class ApiState:
     database: str
     started_at: float
     idle_minutes: float
+    ready: bool = False  # set once it has served: from then on, silence means hung, not still starting
 
 
 # ---------------------------------------------------------------- where things live
@@ -254,7 +257,10 @@ def _reusable(state: ApiState | None, *, wait: bool = False) -> ApiState | None:
         return state
     if not wait:
         return None
-    deadline = time.monotonic() + _start_timeout()
+    if state.ready:
+        deadline = time.monotonic() + float(os.environ.get(ANSWER_TIMEOUT_ENV) or DEFAULT_ANSWER_TIMEOUT)
+    else:  # still starting (a fresh home runs Prefect's migrations): give it the start timeout
+        deadline = time.monotonic() + max(0.0, state.started_at + _start_timeout() - time.time())
     while time.monotonic() < deadline and _is_our_server(state):
         if healthy(state.url, timeout=5):
             return state
@@ -295,6 +301,9 @@ def _start(at: Path, *, announce: bool, idle_minutes: float | None, port: int | 
             if healthy(url, timeout=5):
                 state = read_state(at)
                 if state is not None and state.pid == proc.pid:
+                    if not state.ready:  # it has answered: from now on silence means hung
+                        state.ready = True
+                        _write_state(state, at)
                     return state
             time.sleep(0.1)
         if proc.poll() is None:  # timed out: never leave it behind
@@ -403,8 +412,15 @@ def _idle_watch(server: Any, activity: _Activity, at: Path, idle_seconds: float,
 
     period = max(0.5, min(15.0, idle_seconds / 4))
     next_check = time.monotonic() + period
+    marked_ready = False
     while not server.should_exit:
         time.sleep(0.5)
+        if server.started and not marked_ready:
+            state = read_state(at)
+            if state is not None and state.pid == os.getpid():
+                state.ready = True
+                _write_state(state, at)
+            marked_ready = True
         if server.started:
             runner.tick()  # the warm runner (deployments/warm.py) lives beside the API, restarted if it exits
         if time.monotonic() < next_check:

@@ -234,7 +234,7 @@ def test_a_hung_server_is_replaced(ingest_home: Path) -> None:
     first = localapi.read_state(ingest_home)
     os.kill(first.pid, signal.SIGSTOP)  # alive, but answers nothing
     try:
-        proc = cli(ingest_home, "fits-work-orders", INGEST_LOCAL_API_START_TIMEOUT="5")
+        proc = cli(ingest_home, "fits-work-orders", INGEST_LOCAL_API_ANSWER_TIMEOUT="5")
     finally:
         try:
             os.kill(first.pid, signal.SIGCONT)
