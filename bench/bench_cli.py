@@ -15,7 +15,6 @@ Not a test: run it by hand on a quiet machine. ``--repeat`` runs per contender, 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -179,11 +178,9 @@ class EgaSide:
 
 
 def _file_hash(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from tasks.checksum import hash_file
+
+    return hash_file(path, (algorithm,)).checksums[algorithm]
 
 
 def bench_ega(env: dict[str, str], home: Path, work: Path, repeat: int, size_mib: int) -> float:

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.processes import pid_alive, process_state
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IDLE_MINUTES = 30.0
 DEFAULT_START_TIMEOUT = 900.0  # generous: a fresh home runs Prefect's migrations, on a machine that may be loaded
@@ -110,16 +112,6 @@ def _locked(at: Path) -> Iterator[None]:
 
 # ---------------------------------------------------------------- processes
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _process_state(pid) not in ("Z", "X")  # a zombie is dead for our purposes
-
-
 def _is_our_server(state: ApiState) -> bool:
     """The recorded pid is still this home's server, not a recycled pid."""
     try:
@@ -146,19 +138,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _process_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
 def _terminate(pid: int, timeout: float = 20.0) -> None:
     """SIGTERM (uvicorn shuts down cleanly and the database handle is released), SIGKILL if it lingers
     (at once when the process is stopped: it could not act on SIGTERM)."""
     try:
-        os.kill(pid, signal.SIGKILL if _process_state(pid) in ("T", "t") else signal.SIGTERM)
+        os.kill(pid, signal.SIGKILL if process_state(pid) in ("T", "t") else signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout

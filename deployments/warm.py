@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.processes import pid_alive
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("flows", "tasks", "blocks", "deployments")
 # Besides every module of our own packages: what Prefect imports on a flow's first run, and what our
@@ -50,6 +52,7 @@ SKIP_PRELOAD = ("deployments.warm",)
 DISABLE_ENV = "INGEST_WARM_RUNNER"  # "0" runs every call in its own process, as before
 _LEN = struct.Struct("!I")
 GRACE_SECONDS = 3.0
+LOG_LIMIT = 8 << 20
 
 
 def sock_path(home: Path) -> Path:
@@ -168,7 +171,10 @@ class Supervisor:
         self.starts.append(now)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_SERVER_", "PREFECT_UI_"))}
         env["PREFECT_API_URL"] = self.url  # as its callers have it, so their settings can be prepared once
-        with open(self.home / "prefect" / "runner.log", "ab") as log:
+        log_file = self.home / "prefect" / "runner.log"
+        if log_file.exists() and log_file.stat().st_size > LOG_LIMIT:  # two lines a call: keep one old file
+            log_file.replace(log_file.with_suffix(".log.1"))
+        with open(log_file, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "deployments.warm", "--home", str(self.home)],
                                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
@@ -289,32 +295,20 @@ class Calls:
         now = time.monotonic()
         for fd, (conn, pid, gone) in list(self.conns.items()):
             if gone is None:
-                if not _alive(pid):
+                if not pid_alive(pid):
                     self.poll.unregister(fd)
                     conn.close()
                     del self.conns[fd]
                 continue
-            if _alive(pid) and now - gone > GRACE_SECONDS + 1:
+            if pid_alive(pid) and now - gone > GRACE_SECONDS + 1:
                 print(f"call pid {pid}: its caller went away {now - gone:.0f} s ago; ending it", flush=True)
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            if not _alive(pid):
+            if not pid_alive(pid):
                 conn.close()
                 del self.conns[fd]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def our_modules() -> list[str]:
@@ -487,9 +481,6 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = [str(ROOT / "flows" / "run.py"), *request["argv"]]
-        import tasks.home
-
-        tasks.home.apply_home_env()
         sys.stdout.reconfigure(line_buffering=os.isatty(1))
         sys.stderr.reconfigure(line_buffering=True)
         _refresh_prefect()

@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tasks.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 HANDLE_FILE = ".handle_pids.json"
@@ -33,15 +35,6 @@ def _pgserver() -> Any:
 
         PostgresServer.runtime_path  # noqa: B018  (evaluated while the warning is silenced)
     return pgserver
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def users(pgdata: Path) -> list[int]:
@@ -64,7 +57,7 @@ def reap(pgdata: Path) -> list[int]:
 
 def _reap_unlocked(pgdata: Path) -> list[int]:
     recorded = users(pgdata)
-    live = [pid for pid in recorded if _alive(pid)]
+    live = [pid for pid in recorded if pid_alive(pid)]
     if live != recorded:
         (pgdata / HANDLE_FILE).write_text(json.dumps(live))
         log.info("embedded PostgreSQL %s: reaped dead users %s", pgdata, sorted(set(recorded) - set(live)))
@@ -78,7 +71,7 @@ def running(pgdata: Path) -> int | None:
         pid = int(pidfile.read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if _alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 def stop_if_unused(pgdata: Path) -> bool:
@@ -129,23 +122,12 @@ def join(pgdata: Path) -> Any:
 
 def dsn(pgdata: Path, database: str = "postgres") -> str:
     """libpq URI of ``database`` on the embedded server (joining it); the database is created if missing."""
-    server = join(pgdata)
-    uri = server.get_uri(database)
+    from tasks.prefect_database import ensure_database
+
+    uri = join(pgdata).get_uri(database)
     if database != "postgres":
-        ensure_database(server.get_uri("postgres"), database)
+        ensure_database(uri)
     return uri
-
-
-def ensure_database(admin_uri: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_uri, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            return
-        try:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        except psycopg.errors.DuplicateDatabase:  # created by a concurrent first call
-            pass
 
 
 def socket_dir(uri: str) -> str:

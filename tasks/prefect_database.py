@@ -28,7 +28,8 @@ def libpq_url(url: str) -> str:
 
 
 def ensure_database(url: str) -> bool:
-    """Create the database named in ``url`` when it does not exist; True when created."""
+    """Create the database named in ``url`` when it does not exist; True when created (False when it
+    existed, or a concurrent first call created it first). Also used for the embedded server's."""
     import psycopg
 
     dsn = libpq_url(url)
@@ -41,7 +42,10 @@ def ensure_database(url: str) -> bool:
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                 return False
-            conn.execute(f'CREATE DATABASE "{name}"')
+            try:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            except psycopg.errors.DuplicateDatabase:
+                return False
             return True
     except psycopg.OperationalError as exc:
         raise UserError(f"cannot reach the Prefect database server at {parts.hostname or 'localhost'}: "

@@ -43,7 +43,7 @@ class Located:
 class Staged:
     name: str
     size: int
-    sha256: str | None  # of the staged Crypt4GH file, when the pass computed it
+    sha256: str  # of the staged Crypt4GH file, computed by the decrypt pass
     encrypted: dict[str, str]
     encrypted_size: int
     plaintext: dict[str, str]
@@ -178,7 +178,6 @@ def archive(cfg: EgaConfig, msg: EgaMessage, located: Located, staged: Staged,
     """Move the staged file into the vault (a rename on the vault's filesystem), read it back once against
     the sha256 the decrypt pass computed, then record what we know."""
     key = vault_key(msg, located)
-    assert staged.sha256, "the decrypt pass hashes its output"
     put = cfg.vault.move_in(key, cfg.staging.path(staged.name), size=staged.size, sha256=staged.sha256)
     archived_sha256 = staged.sha256
     try:

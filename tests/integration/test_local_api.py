@@ -61,18 +61,25 @@ def _parent(pid: int) -> int:
         return 0
 
 
+def _descendants(roots: set[int], *, not_below: set[int] = frozenset()) -> set[int]:
+    """``roots`` and every process below them, without descending into ``not_below``."""
+    parents = {int(p): _parent(int(p)) for p in os.listdir("/proc") if p.isdigit()}
+    found = set(roots)
+    changed = True
+    while changed:
+        extra = {pid for pid, parent in parents.items()
+                 if parent in found and parent not in not_below and pid not in found}
+        found |= extra
+        changed = bool(extra)
+    return found
+
+
 def home_processes(home: Path) -> set[int]:
     """Every live process that belongs to this home (by command line or environment), with descendants."""
     mark = str(home).encode()
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    own = {pid for pid in pids if pid != os.getpid() and (str(home) in _cmdline(pid) or mark in _environ(pid))}
-    parents = {pid: _parent(pid) for pid in pids}
-    changed = True
-    while changed:
-        extra = {pid for pid, parent in parents.items() if parent in own and pid not in own}
-        own |= extra
-        changed = bool(extra)
-    return {pid for pid in own if localapi.pid_alive(pid)}
+    own = {int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
+           and (str(home) in _cmdline(int(p)) or mark in _environ(int(p)))}
+    return {pid for pid in _descendants(own) if localapi.pid_alive(pid)}
 
 
 def shared_processes(home: Path) -> set[int]:
@@ -85,17 +92,8 @@ def shared_processes(home: Path) -> set[int]:
     postmaster = embedded_pg.running(home / "pg")
     if postmaster:
         roots.add(postmaster)
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    parents = {pid: _parent(pid) for pid in pids}
-    runners = {pid for pid in pids if "deployments.warm" in _cmdline(pid)}
-    shared = set(roots)
-    changed = True
-    while changed:
-        extra = {pid for pid, parent in parents.items()
-                 if parent in shared and parent not in runners and pid not in shared}
-        shared |= extra
-        changed = bool(extra)
-    return shared
+    runners = {int(p) for p in os.listdir("/proc") if p.isdigit() and "deployments.warm" in _cmdline(int(p))}
+    return _descendants(roots, not_below=runners)
 
 
 def server_pids(home: Path) -> set[int]:
