@@ -173,6 +173,21 @@ class Registry:
         rows = self.execute("SELECT * FROM ingests WHERE id = %s", (ingest_id,))
         return _ingest(rows[0]) if rows else None
 
+    def mark_for_review(self, ingest_id: int, reason: str) -> None:
+        """Flag an ingest for a person (shown by ``status``); repeated marks keep the first time."""
+        self.execute(
+            "UPDATE ingests SET review_reason = %s, review_at = COALESCE(review_at, now()), updated_at = now()"
+            " WHERE id = %s", (reason, ingest_id))
+
+    def clear_review(self, ingest_id: int) -> None:
+        self.execute("UPDATE ingests SET review_reason = NULL, review_at = NULL, updated_at = now() WHERE id = %s",
+                     (ingest_id,))
+
+    def for_review(self, domain: str | None = None) -> list[dict[str, Any]]:
+        return self.execute(
+            "SELECT * FROM ingests WHERE review_reason IS NOT NULL AND (%s::text IS NULL OR domain = %s)"
+            " ORDER BY review_at, id", (domain, domain))
+
     def stuck(self, older_than: timedelta) -> list[Ingest]:
         """Ingests left in_ingestion past a deadline: a crashed run that needs reconciling."""
         rows = self.execute(

@@ -79,3 +79,17 @@ def test_embedded_postgres_under_ingest_home(ingest_home, monkeypatch) -> None:
         assert r.begin_ingest("test", "embedded").attempts == 1
     finally:
         r.close()
+
+
+def test_review_marks_keep_the_ingest_state_and_the_first_time(registry: reg.Registry, unique: str) -> None:
+    ingest = registry.begin_ingest("test", f"review-{unique}")
+    registry.set_state(ingest.id, "completed")
+    registry.mark_for_review(ingest.id, "fixity mismatch")
+    first = registry.for_review("test")
+    mine = [r for r in first if r["id"] == ingest.id]
+    assert mine and mine[0]["review_reason"] == "fixity mismatch" and mine[0]["state"] == "completed"
+    registry.mark_for_review(ingest.id, "missing object")
+    again = [r for r in registry.for_review("test") if r["id"] == ingest.id][0]
+    assert again["review_reason"] == "missing object" and again["review_at"] == mine[0]["review_at"]
+    registry.clear_review(ingest.id)
+    assert not [r for r in registry.for_review() if r["id"] == ingest.id]
