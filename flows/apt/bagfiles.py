@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from tasks.checksum import parse_manifest_line
 from tasks.errors import UserError
 
 PARSABLE_TAG_FILES = ("bagit.txt", "bag-info.txt", "aptrust-info.txt")
 _MANIFEST = re.compile(r"^manifest-([^./]+)\.txt$")
 _TAG_MANIFEST = re.compile(r"^tagmanifest-([^./]+)\.txt$")
+_HEX = re.compile(r"[0-9A-Fa-f]+")
 # Names a Mac filesystem wrote after escaping a control character (APTrust ContainsEscapedControl).
 _ESCAPED_CONTROL = re.compile(r"\\[Uu]00[0189][0-9A-Fa-f]|\\[Uu]007[Ff]")
 # C0, DEL, C1 (Go's unicode.IsControl), NBSP, and bytes that were not UTF-8 (surrogateescape).
@@ -120,15 +120,24 @@ def parse_tag_file(data: bytes, name: str) -> list[tuple[str, str]]:
 
 
 def parse_manifest(data: bytes, name: str) -> dict[str, str]:
-    """{path: lowercase hex digest}; a malformed line names the manifest and line number."""
+    """{path: digest}, read as APTrust reads manifests (``bagit.ParseManifest``).
+
+    The first whitespace-delimited token is the digest and the rest of the line the
+    path, so a line with a damaged digest is not a parse error but an entry whose
+    digest will not match: the validator reports it with the bag's other errors, in
+    APTrust's words. Hex digests are lower-cased (BagIt digests are case-insensitive);
+    anything else is kept verbatim for the message.
+    """
     entries: dict[str, str] = {}
-    for number, line in enumerate(_lines(decode_text(data, name)), start=1):
+    for line in _lines(decode_text(data, name)):
         if not line.strip():
             continue
-        try:
-            digest, path = parse_manifest_line(line)
-        except UserError as exc:
-            raise UserError(f"{name} line {number}: {exc.message}") from exc
+        parts = line.strip().split(None, 1)
+        digest = parts[0]
+        path = parts[1].strip().lstrip("*") if len(parts) > 1 else ""
+        path = path.replace("%0A", "\n").replace("%0D", "\r").replace("%25", "%")
+        if _HEX.fullmatch(digest):
+            digest = digest.lower()
         while path.startswith("./"):
             path = path[2:]
         entries[path] = digest

@@ -2,9 +2,10 @@
 
 APTrust identifies an object as ``<institution>/<bag name>``, where the bag name
 is the tar file name minus ``.tar`` and minus a multipart suffix
-``.b<N>.of<M>`` (preservation-services ``CleanBagName``). Every part of a
-multipart bag untars to the same directory, the clean name, so that name is what
-the tar's top-level directory must equal. Depositors prefix bag names with their
+``.b<N>.of<M>`` (preservation-services ``CleanBagName``). A part of a multipart
+bag untars to its part name (``my_bag.b01.of02``, so that parts never untar over
+one another), and every part belongs to the one object ``<institution>/my_bag``.
+Depositors prefix bag names with their
 institution's domain (``virginia.edu.my_bag``); when the caller does not know
 the institution (it normally comes from the receiving bucket) we read it off
 that prefix.
@@ -38,6 +39,11 @@ class BagName:
     @property
     def is_multipart(self) -> bool:
         return self.part is not None
+
+    @property
+    def directory(self) -> str:
+        """The directory the tar must untar to: the tar name minus ``.tar`` (multipart suffix kept)."""
+        return self.tar_name[: -len(TAR_SUFFIX)] if self.tar_name.endswith(TAR_SUFFIX) else self.tar_name
 
     @property
     def identifier(self) -> str:

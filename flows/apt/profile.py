@@ -144,3 +144,27 @@ def profile_key(identifier: str | None) -> str:
 def load_profile(identifier: str | None) -> Profile:
     """The profile a bag names; empty or None means APTrust 2.3. Unknown → UserError."""
     return profile_by_key(profile_key(identifier))
+
+
+# DART before 2.0.20 wrote this identifier into BTR bags; APTrust rewrites it to BTR's
+# (MetadataGatherer.NormalizeProfileIdentifier).
+_BTR_ALIASES = ("btr-1.0", "https://raw.githubusercontent.com/aptrust/dart/master/profiles/btr-v0.1.json")
+
+
+def judging_profile_key(identifier: str | None) -> str:
+    """The profile APTrust judges a bag by: BTR for a BTR identifier, else the current APTrust one.
+
+    APTrust validates against its default profile whatever a bag declares
+    (``IngestObject.BagItProfileFormat``: BTR only when the identifier contains
+    ``/btr_bagit_profile`` or ``/btr-bagit-profile``), so a bag that still names
+    APTrust 2.2, an old wiki URL, or a custom identifier is judged by 2.3, and a
+    valid ``Storage-Option: Wasabi-TX`` passes whatever version the bag names.
+    """
+    low = (identifier or "").strip().lower()
+    if any(mark in low for mark in ("/btr_bagit_profile", "/btr-bagit-profile")) or low in _BTR_ALIASES:
+        return "btr-1.0"
+    return DEFAULT_PROFILE
+
+
+def judging_profile(identifier: str | None) -> Profile:
+    return profile_by_key(judging_profile_key(identifier))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from flows.apt.bagfiles import FileType, display_name
 from flows.apt.names import BagName, parse_bag_name
-from flows.apt.profile import Profile, load_profile
+from flows.apt.profile import Profile, judging_profile, load_profile
 from flows.apt.tarscan import BagScan, FileRecord
 from tasks.errors import UserError
 
@@ -74,7 +74,8 @@ def validate_bag(
     institution: str | None = None,
     profile: Profile | str | None = None,
 ) -> ValidationResult:
-    """Check ``scan`` against the profile its bag-info.txt names (or ``profile``, if given).
+    """Check ``scan`` as APTrust ingest does: BTR bags by BTR, every other bag by APTrust 2.3
+    (``profile_identifier`` still records what the bag declared), or by ``profile`` if given.
 
     ``bag_name`` is the tar file name or the clean bag name; ``institution``
     (normally from the receiving bucket) prefixes file identifiers in messages,
@@ -87,7 +88,7 @@ def validate_bag(
         if isinstance(profile, str):
             profile = load_profile(profile)
         elif profile is None:
-            profile = load_profile(identifier)
+            profile = judging_profile(identifier)
     except UserError as exc:
         return ValidationResult(errors=[exc.message], profile=None, bag=bag, profile_identifier=identifier)
 
@@ -116,8 +117,10 @@ def validate_bag(
 
 
 def _tar_dir_ok(scan: BagScan, bag: BagName, profile: Profile, errors: _Errors) -> bool:
-    if profile.tar_dir_must_match_name and scan.top_dir != bag.name:
-        errors.add(f"Tarred bag should untar to directory '{bag.name}', not '{display_name(scan.top_dir)}'")
+    """A part of a multipart bag untars to its part name (``x.b01.of02``, as APTrust's own
+    multipart bags and bagging rules have it); the clean name is accepted too."""
+    if profile.tar_dir_must_match_name and scan.top_dir not in (bag.name, bag.directory):
+        errors.add(f"Tarred bag should untar to directory '{bag.directory}', not '{display_name(scan.top_dir)}'")
         return False
     return True
 
@@ -219,7 +222,7 @@ def _existing_tags_ok(tags: list[tuple[str, str, str]], profile: Profile, errors
         if tag_def.required and value == "":
             errors.add(f"In file {tag_file}, required tag {name} has no value")
             ok = False
-        elif value != "" and not tag_def.is_legal(value):
+        elif not tag_def.is_legal(value):  # as APTrust: an empty value is not in a values list
             errors.add(f"In file {tag_file}, tag {name} has illegal value '{value}'")
             ok = False
     return ok

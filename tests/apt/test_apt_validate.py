@@ -8,7 +8,7 @@ import bagit
 import pytest
 from corpus import APTRUST_22, APTRUST_23, BTR, Case, make_bag, set_bag_info, tar_bag
 
-from flows.apt.profile import DEFAULT_PROFILE, load_profile, profile_key
+from flows.apt.profile import DEFAULT_PROFILE, judging_profile_key, load_profile, profile_key
 from flows.apt.tarscan import scan_bag_file
 from flows.apt.validate import MAX_ERRORS, validate_bag
 from tasks.errors import UserError
@@ -34,7 +34,9 @@ def test_every_corpus_bag_gives_its_exact_errors(apt_corpus: dict[str, Case]) ->
 
 
 @pytest.mark.parametrize("key", ["good_aptrust", "good_btr_sha256", "good_btr_sha512", "multipart_b01",
-                                 "multipart_b02", "good_glacier_deep_or", "good_default_storage"])
+                                 "multipart_b02", "multipart_clean_dir", "good_glacier_deep_or",
+                                 "good_default_storage", "wasabi_tx_declares_v22", "v22_sha512_judged_by_v23",
+                                 "unknown_profile", "btr_dart_identifier", "no_eof_blocks"])
 def test_good_bags_are_valid(apt_corpus: dict[str, Case], key: str) -> None:
     result = _validate(apt_corpus[key])
     assert result.valid and result.errors == []
@@ -64,6 +66,37 @@ def test_btr_and_multipart_results(apt_corpus: dict[str, Case]) -> None:
     assert btr.bag.identifier == "example.edu/btr_good_sha512"
     part = _validate(apt_corpus["multipart_b02"])
     assert (part.bag.name, part.bag.part, part.bag.parts) == ("example.edu.multipart", 2, 2)
+
+
+def test_aptrust_bags_are_judged_by_the_current_profile_whatever_they_declare(
+        apt_corpus: dict[str, Case]) -> None:
+    """Issue 14: a valid Wasabi-TX bag that names APTrust 2.2 passes; BTR bags are judged by BTR."""
+    wasabi = _validate(apt_corpus["wasabi_tx_declares_v22"])
+    assert wasabi.errors == [] and wasabi.profile.key == "aptrust-2.3"
+    assert wasabi.storage_option == "Wasabi-TX" and wasabi.profile_identifier == APTRUST_22  # as declared
+    assert _validate(apt_corpus["btr_dart_identifier"]).profile.key == "btr-1.0"
+    assert _validate(apt_corpus["good_btr_sha256"]).profile.key == "btr-1.0"
+    assert _validate(apt_corpus["unknown_profile"]).profile.key == "aptrust-2.3"
+
+
+@pytest.mark.parametrize("identifier, key", [
+    (None, "aptrust-2.3"), ("", "aptrust-2.3"), (APTRUST_22, "aptrust-2.3"), (APTRUST_23, "aptrust-2.3"),
+    ("https://example.org/custom.json", "aptrust-2.3"), (BTR, "btr-1.0"),
+    ("https://github.com/dpscollaborative/btr_bagit_profile/releases/download/1.0/btr-bagit-profile.json",
+     "btr-1.0"),
+    ("https://raw.githubusercontent.com/APTrust/dart/master/profiles/btr-v0.1.json", "btr-1.0"),
+])
+def test_judging_profile_follows_aptrust(identifier: str | None, key: str) -> None:
+    assert judging_profile_key(identifier) == key
+
+
+def test_three_bad_tags_give_three_errors_in_aptrust_order(apt_corpus: dict[str, Case]) -> None:
+    """Issue 14: the damaged manifest digest in the bag must not stop validation before the tags."""
+    assert _validate(apt_corpus["tag_sample_bad"]).errors == [
+        "In file aptrust-info.txt, required tag Title has no value",
+        "In file aptrust-info.txt, tag Access has illegal value 'acksess'",
+        "In file aptrust-info.txt, tag Storage-Option has illegal value 'Cardboard-Box'",
+    ]
 
 
 def test_errors_are_capped_like_aptrust(apt_corpus: dict[str, Case]) -> None:
