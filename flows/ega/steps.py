@@ -19,6 +19,7 @@ from flows.reporting import Progress, ProgressReader
 from flows.ega.messages import EgaMessage, completed_message, error_message, expected_checksums
 from tasks import registry as reg
 from tasks.checksum import hash_file
+from tasks.claims import claim, owned_name, sweep_owned_staging, sweep_vault_temporaries
 from tasks.errors import UserError
 from tasks.notify import Notification, notify
 
@@ -62,11 +63,17 @@ def publish(cfg: EgaConfig, exchange: str, routing_key: str, body: dict[str, Any
 
 # ---------------------------------------------------------------- 1. register
 def register(cfg: EgaConfig, msg: EgaMessage, correlation_id: str | None, flow_run_id: str | None) -> int:
-    """Register the ingest (received → in_ingestion) and tell CEGA work has started."""
+    """Register the ingest (received → in_ingestion) and tell CEGA work has started.
+
+    First the object's claim (tasks/claims): a second run of the same upload waits here and then
+    finds the work done; holding it, we sweep what a dead earlier attempt left in staging and vault."""
+    claim(cfg.registry, DOMAIN, ingest_key(msg))
     ingest = cfg.registry.register_ingest(DOMAIN, ingest_key(msg), details={"user": msg.user,
                                                                              "filepath": msg.filepath})
     ingest = cfg.registry.begin_ingest(DOMAIN, ingest_key(msg), flow_run_id=flow_run_id,
                                        details={"correlation_id": correlation_id})
+    sweep_owned_staging(cfg.staging, DOMAIN, ingest.id)
+    sweep_vault_temporaries(cfg.vault, f"ega/{msg.stable_id}")
     publish(cfg, cfg.status_exchange, "files.processing",
             {"user": msg.user, "filepath": msg.filepath, "stable_id": msg.stable_id,
              "status": {"state": "PROCESSING", "details": "File ingestion started"}}, correlation_id)
@@ -138,7 +145,7 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> 
     from tasks.keys import load_pgp_private_key
 
     private_key = load_pgp_private_key(key.armored, key.passphrase)
-    name = cfg.staging.new_name(".c4gh")
+    name = owned_name(DOMAIN, located.ingest_id, cfg.staging.new_name(".c4gh"))  # swept by the next attempt
     progress = Progress(f"decrypt + re-encrypt {Path(located.path).name}", Path(located.path).stat().st_size)
     with open(located.path, "rb") as raw, cfg.staging.atomic_writer(name) as out:
         # Refuse a reused session key before a single byte is decrypted.
