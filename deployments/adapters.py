@@ -28,6 +28,11 @@ class Adapter(Protocol):
 
     def reject(self, body: bytes, correlation_id: str | None, reason: str) -> None: ...
 
+    def answer_completed(self, accepted: Accepted, correlation_id: str | None) -> str | None:
+        """A resend of a message whose run already Completed: answer again without redoing work.
+        Returns what was sent (for the listener's log line), or None when this queue has no answer."""
+        ...
+
 
 class EgaAdapter:
     """CEGA trigger on ``files`` → ingest-ega-file; invalid → files.error on the cega exchange."""
@@ -46,6 +51,15 @@ class EgaAdapter:
         params = {"message": msg.model_dump(exclude_none=True), "correlation_id": correlation_id}
         return Accepted(params, idempotency_key(raw), {"user": msg.user, "filepath": msg.filepath,
                                                        "stable_id": msg.stable_id, "correlation_id": correlation_id})
+
+    def answer_completed(self, accepted: Accepted, correlation_id: str | None) -> str | None:
+        """The same files.completed the run sent: CEGA may have lost it, or re-asks on purpose."""
+        from flows.ega.messages import EgaMessage, completed_message
+
+        msg = EgaMessage.model_validate(accepted.parameters["message"])
+        notify(Notification(exchange=self.status_exchange, routing_key="files.completed",
+                            body=completed_message(msg), correlation_id=correlation_id), self.transport)
+        return "files.completed"
 
     def reject(self, body: bytes, correlation_id: str | None, reason: str) -> None:
         try:
@@ -76,6 +90,10 @@ class JsonAdapter:
         key = hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
         params = {self.parameter: raw} if self.parameter else raw
         return Accepted(params, f"json:{key}", raw)
+
+    def answer_completed(self, accepted: Accepted, correlation_id: str | None) -> str | None:
+        """Generic queues have no completion channel: the completed run is the answer (logged)."""
+        return None
 
     def reject(self, body: bytes, correlation_id: str | None, reason: str) -> None:
         notify(Notification(exchange=self.error_exchange, routing_key=self.error_routing_key,

@@ -7,6 +7,11 @@ same run instead of a second one. Bad messages are acked and answered on the
 domain's error channel. When the Prefect API is unreachable the message is
 nacked with requeue after a growing pause.
 
+Resends are attempts, not duplicates (tasks/run_attempts): a message whose run is still
+live joins it; one whose run Completed is answered again (EGA: ``files.completed``) without
+new work; one whose run Failed, Crashed or was Cancelled starts the next attempt. Every
+message gets one log line: its message id (or correlation id) → flow run name and id.
+
 Concurrency: pika's blocking consumer runs in the main thread; run creation
 runs on an asyncio loop in a second thread with a bounded number in flight, and
 acks are handed back to the pika thread with ``add_callback_threadsafe``.
@@ -134,17 +139,21 @@ class Listener:
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         tag = method.delivery_tag
         correlation_id = getattr(properties, "correlation_id", None)
+        message_id = getattr(properties, "message_id", None)
+        label = (f"message {message_id}" if message_id else
+                 f"correlation {correlation_id}" if correlation_id else f"delivery {tag}")
         try:
             accepted = self.adapter.accept(body, correlation_id)
         except UserError as exc:
-            self._reject(channel, tag, body, correlation_id, exc.message)
+            self._reject(channel, tag, body, correlation_id, exc.message, label)
             return
         self.stats.in_flight += 1
-        future = asyncio.run_coroutine_threadsafe(self._create_run(accepted), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._create_run(accepted, correlation_id, label), self._loop)
         future.add_done_callback(lambda f: self._connection.add_callback_threadsafe(
             lambda: self._settle(channel, tag, f)))
 
-    def _reject(self, channel: Any, tag: int, body: bytes, correlation_id: str | None, reason: str) -> None:
+    def _reject(self, channel: Any, tag: int, body: bytes, correlation_id: str | None, reason: str,
+                label: str = "") -> None:
         try:
             self.adapter.reject(body, correlation_id, reason)
         except Exception as exc:  # noqa: BLE001 - cannot answer now: keep the message, try later
@@ -154,29 +163,35 @@ class Listener:
             return
         channel.basic_ack(tag)
         self.stats.rejected += 1
-        log.info("rejected message: %s", reason)
+        log.info("%s → no flow run: rejected: %s", label or "message", reason)
 
-    async def _create_run(self, accepted: Any) -> str:
-        from prefect.states import Scheduled
+    async def _create_run(self, accepted: Any, correlation_id: str | None = None, label: str = "message") -> str:
+        from tasks.run_attempts import submit_attempt
 
         assert self._sem is not None
         async with self._sem:
             try:
-                # What run_deployment(..., timeout=0, idempotency_key=k) does, minus the lookup:
-                # the same key returns the existing run instead of creating a second one.
-                flow_run = await self._client.create_flow_run_from_deployment(
-                    self._deployment_id, parameters=accepted.parameters, state=Scheduled(),
-                    idempotency_key=accepted.idempotency_key)
+                # What run_deployment(..., timeout=0, idempotency_key=k) does, minus the lookup, per
+                # attempt: the same key returns the existing run instead of creating a second one.
+                sub = await submit_attempt(self._client, self._deployment_id, accepted.parameters,
+                                           accepted.idempotency_key)
+                answered = None
+                if sub.outcome == "completed":  # before the ack: a failed answer requeues the message
+                    answered = await asyncio.to_thread(self.adapter.answer_completed, accepted, correlation_id)
             except Exception:
                 self._failures += 1
                 await asyncio.sleep(min(self.max_backoff, 0.5 * 2 ** min(self._failures, 8)))
                 raise
             self._failures = 0
-        if self.emit_events:
-            self._emit(accepted, str(flow_run.id))
-        return str(flow_run.id)
+        what = {"created": "new flow run", "joined": "joined flow run",
+                "completed": "already completed flow run"}[sub.outcome]
+        log.info("%s → %s %s (%s), attempt %d%s", label, what, sub.flow_run.name, sub.flow_run_id, sub.attempt,
+                 f"; answered {answered} again" if answered else "")
+        if self.emit_events and sub.outcome == "created":
+            self._emit(accepted, sub.flow_run_id, sub.idempotency_key)
+        return sub.flow_run_id
 
-    def _emit(self, accepted: Any, flow_run_id: str) -> None:
+    def _emit(self, accepted: Any, flow_run_id: str, idempotency_key: str) -> None:
         """Observability only: fire-and-forget, never the reason a message is acked."""
         try:
             from prefect.events import emit_event
@@ -185,7 +200,7 @@ class Listener:
                        related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
                                  "prefect.resource.role": "flow-run"}],
                        payload={**accepted.payload, "flow_run_id": flow_run_id,
-                                "idempotency_key": accepted.idempotency_key})
+                                "idempotency_key": idempotency_key})
         except Exception as exc:  # noqa: BLE001
             log.debug("event not emitted: %s", exc)
 
