@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 EXCHANGES = [("lega", "topic"), ("cega", "topic")]
-QUEUES = ["files", "archived", "qc"]
+QUEUES = ["files", "archived", "qc", "errors"]
 # `files` is fed by federation from CEGA; `archived` and `qc` are for local subscribers.
-BINDINGS = [("archived", "lega", "archived"), ("qc", "lega", "qc")]
+BINDINGS = [("archived", "lega", "archived"), ("qc", "lega", "qc"),
+            ("errors", "lega", "fixity.error")]  # system errors (flows/fixity): never files.error
 
 
 def setup(amqp_url: str) -> dict[str, object]:

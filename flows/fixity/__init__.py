@@ -1,0 +1,1 @@
+"""Fixity audit: re-verify what every archive stored, on a schedule (docs/fixity.md)."""
