@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python flows/run.py",
         description="Archive ingest: run flows locally with embedded defaults under $INGEST_HOME (default ./var).",
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="show tracebacks of system errors on the console (the Prefect UI always has them)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in commands.REGISTRARS:
         register(sub)
@@ -51,7 +53,20 @@ def main(argv: list[str] | None = None, *, warm: bool = False) -> int:
             code = run_in_runner(home(), argv)
             if code is not None:
                 return code
-    return int(args.handler(args) or 0)
+    if not args.verbose:
+        from tasks.run_logging import quiet_console_tracebacks
+
+        quiet_console_tracebacks()
+    try:
+        return int(args.handler(args) or 0)
+    finally:
+        if "prefect.events.worker" in sys.modules:  # ship the run's events now, not in a noisy atexit
+            from flows.cli_common import drain_prefect_workers
+
+            try:
+                drain_prefect_workers()
+            except Exception:  # noqa: BLE001 - an unreachable API must not change the exit status
+                pass
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ and demos need not wait through production delays.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,7 +14,10 @@ from typing import Any, TypeVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import run_logging
 from tasks.errors import backoff, retry_unless_user_error
+
+run_logging.install()  # every process that runs our tasks logs a rejected input as one line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,9 +33,10 @@ def ingest_task(fn: F | None = None, *, retries: int = DEFAULT_RETRIES, name: st
     """``task(fn)`` with our retry policy; side effects mean no result caching unless asked."""
     def wrap(f: F):
         options.setdefault("cache_policy", NO_CACHE)
+        step = name or f.__name__.replace("_", "-")
         return task(
-            f,
-            name=name or f.__name__.replace("_", "-"),
+            tag_failed_step(f, step),
+            name=step,
             retries=retries,
             retry_delay_seconds=backoff(retries, retry_base()) if retries else 0,
             retry_condition_fn=retry_unless_user_error,
@@ -39,3 +44,20 @@ def ingest_task(fn: F | None = None, *, retries: int = DEFAULT_RETRIES, name: st
         )
 
     return wrap(fn) if fn is not None else wrap
+
+
+def tag_failed_step(fn: F, step: str) -> F:
+    """Let the flow's failure report name the step that failed: the first step an exception leaves is it."""
+    @functools.wraps(fn)
+    def run_step(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            if getattr(exc, "ingest_step", None) is None:
+                try:
+                    exc.ingest_step = step  # type: ignore[attr-defined]
+                except (AttributeError, TypeError):  # an exception type that takes no attributes
+                    pass
+            raise
+
+    return run_step  # type: ignore[return-value]

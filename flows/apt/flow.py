@@ -10,8 +10,8 @@ from prefect.states import Cancelled
 
 from flows.apt import steps
 from flows.apt.config import load_config
+from flows.outcome import failure_path, name_run, parameter, run_name
 from flows.reporting import ingest_report
-from tasks.errors import is_user_error
 from tasks.prefect_support import ingest_task
 
 start = ingest_task(steps.start, name="start-work-item")
@@ -47,7 +47,15 @@ def notify_status(config_block: str, work_item_id: int, status: str) -> None:
 report_status = ingest_task(notify_status, name="notify-status")
 
 
-@flow(name="ingest-apt-bag",
+RESUBMIT = ("Fix the bag and upload it again to the receiving bucket under the same name; the next scan "
+            "ingests it as a new work item. The errors were sent on the apt exchange (apt.ingest.failed).")
+
+
+def _run_name() -> str:
+    return f"apt-wi{parameter('work_item_id')}"  # until start-work-item knows the bag: then apt-<identifier>
+
+
+@flow(name="ingest-apt-bag", flow_run_name=_run_name,
       description="Ingest one tarred BagIt bag (APTrust 2.2/2.3 or BTR) from a receiving bucket into "
                   "preservation storage, recording objects, files and PREMIS events.")
 def ingest_apt_bag(work_item_id: int, config_block: str = "default") -> Any:
@@ -56,43 +64,52 @@ def ingest_apt_bag(work_item_id: int, config_block: str = "default") -> Any:
     item = None
     try:
         try:
-            item = start(cfg, work_item_id, str(flow_run.get_id() or "") or None)
-            if steps.already_done(cfg, item):
-                log.info("work item %s already succeeded; nothing to do", work_item_id)
-                report_status(config_block, work_item_id, "success")
-                return steps.summary(cfg, work_item_id)
-            scan = receive(cfg, item)
-            validation = validate(cfg, item, scan)
-            del scan  # the file list can be large; everything later reads the registry
-            reingest = reingest_check(cfg, item, validation)
-            copy_to_staging(cfg, item)
-            identify_formats(cfg, item)
-            store(cfg, item, reingest["storage_option"])
-            verify_storage(cfg, item, reingest["storage_option"])
-            record(cfg, item, validation, reingest)
-            cleanup(cfg, item, delete_tar=cfg.block.delete_after_ingest)
-            finish(cfg, item)
+            with failure_path("apt", lambda: item.identifier if item else f"work item {work_item_id}",
+                              resubmit=RESUBMIT, describe=steps.describe_error,
+                              not_failures=(steps.WorkItemCancelled,),
+                              context=lambda: {"institution": item.institution, "source": item.tar_name} if item else {},
+                              on_failure=lambda exc, user_error: _failed(cfg, config_block, work_item_id, item, exc,
+                                                                         user_error)):
+                item = start(cfg, work_item_id, str(flow_run.get_id() or "") or None)
+                name_run(run_name("apt", item.identifier))
+                if steps.already_done(cfg, item):
+                    log.info("work item %s already succeeded; nothing to do", work_item_id)
+                    report_status(config_block, work_item_id, "success")
+                    return steps.summary(cfg, work_item_id)
+                scan = receive(cfg, item)
+                validation = validate(cfg, item, scan)
+                del scan  # the file list can be large; everything later reads the registry
+                reingest = reingest_check(cfg, item, validation)
+                copy_to_staging(cfg, item)
+                identify_formats(cfg, item)
+                store(cfg, item, reingest["storage_option"])
+                verify_storage(cfg, item, reingest["storage_option"])
+                record(cfg, item, validation, reingest)
+                cleanup(cfg, item, delete_tar=cfg.block.delete_after_ingest)
+                finish(cfg, item)
         except steps.WorkItemCancelled as exc:
             log.warning("work item %s cancelled: %s", work_item_id, exc)
             steps.cancelled(cfg, work_item_id, exc)
             report_status(config_block, work_item_id, "cancelled")
             return Cancelled(message=str(exc), data=steps.summary(cfg, work_item_id))
-        except BaseException as exc:
-            user_error = is_user_error(exc)
-            log.error("work item %s failed (%s): %s", work_item_id, "invalid bag" if user_error else "system error",
-                      steps.describe_error(exc))
-            try:
-                steps.fail(cfg, work_item_id, exc, user_error=user_error)
-                if user_error and item is not None:
-                    # fatal: staging and interim data go, the tar (marked for deletion) leaves receiving
-                    steps.cleanup(cfg, item, after_failure=True)
-                report_status(config_block, work_item_id, "failed")
-            except Exception as report_exc:  # noqa: BLE001 - the original error matters more
-                log.error("could not record the failure of work item %s: %s", work_item_id, report_exc)
-            raise
         result = steps.summary(cfg, work_item_id)
         report_status(config_block, work_item_id, "success")
-        ingest_report("apt", f"{item.identifier}-wi{item.id}", result, events=steps.object_events(cfg, item))
+        ingest_report("apt", f"{item.identifier}-wi{item.id}", result, events=steps.object_events(cfg, item),
+                      context={"institution": item.institution, "source": item.tar_name})
         return result
     finally:
         cfg.close()
+
+
+def _failed(cfg: Any, config_block: str, work_item_id: int, item: Any, exc: BaseException,
+            user_error: bool) -> list[str]:
+    """APT's part of the failure path: record the failure; a fatal (user) error also clears staging and
+    interim data and marks the tar for deletion from receiving; the one terminal status goes out."""
+    steps.fail(cfg, work_item_id, exc, user_error=user_error)
+    cleaned = []
+    if user_error and item is not None:
+        steps.cleanup(cfg, item, after_failure=True)
+        cleaned.append(f"staging and interim data of work item {work_item_id}; the tar is marked for deletion "
+                       "from receiving")
+    report_status(config_block, work_item_id, "failed")
+    return cleaned

@@ -10,6 +10,7 @@ or flow runs.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.fits import records, steps
 from flows.fits.steps import CubeRequest, FitsConfig, load_config
+from flows.outcome import failure_path, name_run, parameter, run_name
 from flows.reporting import ingest_report
 from tasks.errors import UserError, is_user_error
 from tasks.prefect_support import ingest_task, retry_base
@@ -92,7 +94,16 @@ def _flow_run_id() -> str | None:
     return str(flow_run.get_id() or "") or None
 
 
-@flow(name="ingest-fits-cube",
+RESUBMIT = ("Fix the file (or the request) and ingest it again with `python flows/run.py fits PATH`, or let the "
+            "next directory ingest pick it up; the failure is recorded on the file's work order.")
+
+
+def _run_name() -> str:
+    """``fits-<file name>`` until the headers give the observation id, then ``fits-<oid>``."""
+    return run_name("fits", parameter("oid") or Path(str(parameter("relative_path") or "cube")).name)
+
+
+@flow(name="ingest-fits-cube", flow_run_name=_run_name,
       description="Ingest one FITS cube: work order, headers, CHECKSUM skip rule, metadata, access, tags, "
                   "previews and (optionally) its SVO record.")
 def ingest_fits_cube(relative_path: str, oid: str | None = None, owner_emails: list[str] | None = None,
@@ -102,21 +113,31 @@ def ingest_fits_cube(relative_path: str, oid: str | None = None, owner_emails: l
     request = CubeRequest(relative_path, oid, tuple(owner_emails or ()), swedish_data, force, previews, submit_to_svo)
     cfg = load_config(config_block, science_root=science_root)
     try:
-        try:
+        with failure_path("fits", lambda: relative_path, resubmit=RESUBMIT, describe=steps.describe_error,
+                          context=lambda: {"source": relative_path},
+                          on_failure=lambda exc, user_error: _failed(cfg, relative_path, exc)):
             summary = ingest_one(cfg, request, TASKS, _flow_run_id())
-        except BaseException as exc:
-            summary = getattr(exc, "fits_summary", None) or steps.result_summary(
-                state="failed", path=relative_path, error=steps.describe_error(exc))
-            steps.notify_status(cfg, summary)
-            get_run_logger().error("FITS ingest of %s failed: %s", relative_path, summary.get("error"))
-            raise
+        if summary.get("oid"):
+            name_run(run_name("fits", summary["oid"]))
         steps.notify_status(cfg, summary)
         events = _events(cfg, summary)
         ingest_report("fits", summary["oid"] or relative_path, summary, events=events,
-                      timings=summary.get("timings"))
+                      context={"source": relative_path}, timings=summary.get("timings"),
+                      status="Skipped (unchanged)" if summary.get("state") == "skipped" else "Completed")
         return summary
     finally:
         cfg.close()
+
+
+def _failed(cfg: FitsConfig, relative_path: str, exc: BaseException) -> list[str]:
+    """FITS's part of the failure path: the work order already holds the failure (ingest_one); tell
+    subscribers. FITS stages nothing, so there is nothing to remove."""
+    summary = getattr(exc, "fits_summary", None) or steps.result_summary(
+        state="failed", path=relative_path, error=steps.describe_error(exc))
+    if summary.get("oid"):
+        name_run(run_name("fits", summary["oid"]))
+    steps.notify_status(cfg, summary)
+    return []
 
 
 def _events(cfg: FitsConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """NRAO product ingest (the Ingest Envoy): stage → manifest + artifacts → NGAS → registry → notify."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -8,6 +9,7 @@ from prefect.runtime import flow_run
 
 from flows.nrao import steps
 from flows.nrao.steps import NraoRequest, load_config
+from flows.outcome import failure_path, name_run, parameter, run_name
 from flows.reporting import ingest_report
 from tasks.errors import is_user_error
 from tasks.prefect_support import ingest_task
@@ -21,7 +23,18 @@ record = ingest_task(steps.record, name="record-in-registry", retries=5)
 report_completed = ingest_task(steps.report_completed, name="notify-completed")
 
 
-@flow(name="ingest-nrao-product",
+RESUBMIT = ("Fix the product (or the request's locator and kind) and submit the request again; the failure "
+            "was announced on the configured transport.")
+
+
+def _run_name() -> str:
+    """``nrao-calibration-<source>`` until the product's locator is known, then ``nrao-calibration-<locator>``."""
+    kind = parameter("request", "kind")
+    kind = getattr(kind, "value", kind) or "product"
+    return run_name(f"nrao-{kind}", Path(str(parameter("request", "source") or "request")).name)
+
+
+@flow(name="ingest-nrao-product", flow_run_name=_run_name,
       description="Stage an NRAO calibration, image, observation or SECI product, archive it in NGAS "
                   "(CRC checked) and record it in the registry.")
 def ingest_nrao_product(request: NraoRequest, config_block: str = "default",
@@ -31,18 +44,25 @@ def ingest_nrao_product(request: NraoRequest, config_block: str = "default",
     ingest_id = staged = plan = None
     recorded = False
     try:
-        try:
+        with failure_path("nrao", lambda: f"{request.kind.value} {request.source}", resubmit=RESUBMIT,
+                          describe=steps.describe_error,
+                          context=lambda: {"kind": request.kind.value, "source": request.source,
+                                           "input locator": request.input_locator},
+                          on_failure=lambda exc, user_error: _failed(cfg, request, ingest_id, staged, recorded, exc,
+                                                                     user_error)):
             if not request.dry_run:
                 ingest_id = register(cfg, request, str(flow_run.get_id() or "") or None)
             staged = stage(cfg, request)
             known = check_recorded(cfg, request, staged)
             plan = prepare(cfg, request, staged, known)
+            if plan.science:
+                name_run(run_name(f"nrao-{request.kind.value}", plan.science[0].locator))
             if request.dry_run:
                 summary = steps.result_summary(request, "DRY_RUN", staged=staged, plan=plan)
                 log.info("dry run: %d file(s) would be archived to NGAS; manifest at %s", len(plan.items),
                          summary["manifest"])
                 ingest_report("nrao", f"dry-run {steps.natural_key(request, staged.source)}", summary,
-                              files=summary["plan"])
+                              files=summary["plan"], status="Dry run")
                 return summary
             archived = archive(cfg, plan, steps.ArchiveProgress())
             record(cfg, request, ingest_id, staged, plan, archived)
@@ -50,23 +70,28 @@ def ingest_nrao_product(request: NraoRequest, config_block: str = "default",
             summary = steps.result_summary(request, "COMPLETED", staged=staged, plan=plan, archived=archived,
                                            ngas_url=cfg.ngas_url)
             report_completed(cfg, request, summary)
-        except BaseException as exc:
-            reason = steps.describe_error(exc)
-            log.error("NRAO %s ingest of %s failed: %s", request.kind.value, request.source, reason)
-            # Once recorded, the product is in; only the completion notice failed, and a "failed"
-            # notice would then be false. Before that, subscribers hear of the failure once.
-            if not recorded:
-                steps.report_failure(cfg, request, ingest_id, reason, user_error=is_user_error(exc),
-                                     notify_status=not request.dry_run)
-            raise
         steps.cleanup(staged)
         log.info("NRAO %s ingest of %s completed: %s", request.kind.value, staged.source,
                  ", ".join(p["locator"] for p in summary["products"]))
         ingest_report("nrao", steps.natural_key(request, staged.source), summary,
+                      context={"kind": request.kind.value, "source": staged.source},
                       events=steps.ingest_events(cfg, ingest_id), files=summary["files"])
         return summary
     finally:
         cfg.close()
+
+
+def _failed(cfg: Any, request: NraoRequest, ingest_id: int | None, staged: Any, recorded: bool,
+            exc: BaseException, user_error: bool) -> list[str]:
+    """NRAO's part of the failure path. Once recorded, the product is in and only the completion notice
+    failed: a "failed" notice would then be false. Before that, subscribers hear of the failure once."""
+    if not recorded:
+        steps.report_failure(cfg, request, ingest_id, steps.describe_error(exc), user_error=user_error,
+                             notify_status=not request.dry_run)
+    if staged is None:
+        return []
+    steps.cleanup(staged)
+    return [f"staging directory {staged.product.staging_dir}"]
 
 
 def failure_summary(request: NraoRequest, exc: BaseException) -> dict[str, Any]:
