@@ -31,7 +31,7 @@ def _listen(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     from deployments.ops import deploy
 
-    emit(deploy(args.pool))
+    emit(deploy(args.pool, heartbeat_seconds=args.heartbeat_seconds, max_attempts=args.max_attempts))
     return 0
 
 
@@ -73,9 +73,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = sub.add_parser("deploy", help="create the work pool and every deployment in prefect.yaml (PREFECT_API_URL)")
     d.add_argument("--pool", default="ingest", help="process work pool name")
+    d.add_argument("--heartbeat-seconds", type=int, default=60, metavar="S",
+                   help="flow-run heartbeat set in the pool's job template (>= 30; default 60); a run silent for "
+                        "2.5 beats is marked Crashed and re-run")
+    d.add_argument("--max-attempts", type=int, metavar="N",
+                   help="re-runs of a crashed ingest before it is marked for review (Prefect variable "
+                        "ingest_max_attempts; default 3)")
     d.set_defaults(handler=_deploy)
     s = sub.add_parser("schedule", help="change a scheduled deployment's cron (kept across redeploys)")
-    s.add_argument("deployment", choices=["apt-scan", "svo-sync", "ega-inbox", "fits-work-orders"])
+    s.add_argument("deployment", choices=["apt-scan", "svo-sync", "ega-inbox", "fits-work-orders", "reconcile"])
     s.add_argument("--cron", required=True, help='e.g. "*/5 * * * *"')
     s.add_argument("--timezone", default="UTC")
     s.set_defaults(handler=_schedule)

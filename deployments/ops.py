@@ -4,6 +4,17 @@
 schedules); ``deploy()`` adds what an operator otherwise does by hand: the work pool, and
 re-applying schedules that were changed with ``set_schedule`` (stored as Prefect variables
 ``schedule_<deployment>`` so a redeploy does not silently revert them).
+
+Self-healing needs three things set in three places, and ``deploy()`` sets all of them:
+
+* **heartbeats in the flow-run process**: ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` in the work pool's
+  base job template (``env``), so every deployed run sends ``prefect.flow-run.heartbeat`` whatever
+  the worker's own environment says (the CLI turns them off for local runs; a worker started from
+  such a shell would otherwise pass that on);
+* **zombie detection on the server**: the 3.8.8 server has no built-in one, so an automation
+  (``ZOMBIE_AUTOMATION``) expects the next heartbeat within a window and marks the run Crashed;
+* **re-running crashed runs**: the ``recover`` deployment's trigger in prefect.yaml, with the
+  attempt limit in the Prefect variable ``ingest_max_attempts`` (flows/reconcile/recovery.py).
 """
 from __future__ import annotations
 
@@ -20,25 +31,89 @@ SCHEDULED = {  # deployment name -> flow name, for the ones prefect.yaml schedul
     "svo-sync": "sync-with-svo",
     "ega-inbox": "notify-inbox",
     "fits-work-orders": "process-fits-work-orders",
+    "reconcile": "reconcile",
 }
+DEFAULT_HEARTBEAT_SECONDS = 60  # Prefect's floor is 30; its default, 180, leaves a dead worker's run Running 9+ min
+ZOMBIE_AUTOMATION = "ingest: crash runs whose heartbeats stopped"
 
 
 def variable_name(deployment: str) -> str:
     return "schedule_" + deployment.replace("-", "_")
 
 
-def ensure_work_pool(name: str = "ingest", pool_type: str = "process") -> str:
+def ensure_work_pool(name: str = "ingest", pool_type: str = "process",
+                     heartbeat_seconds: int | None = DEFAULT_HEARTBEAT_SECONDS) -> str:
+    """The pool, with heartbeats on in its job template's environment (kept across redeploys)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_work_pool(name)
-            return "exists"
+            pool = client.read_work_pool(name)
+            outcome = "exists"
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
-            return "created"
+            pool = None
+            outcome = "created"
+        template = (pool.base_job_template if pool is not None and pool.base_job_template
+                    else _default_job_template(pool_type))
+        if heartbeat_seconds is not None:
+            env = template.setdefault("variables", {}).setdefault("properties", {}).setdefault("env", {})
+            defaults = dict(env.get("default") or {})
+            defaults["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(int(heartbeat_seconds))
+            env["default"] = defaults
+        if pool is None:
+            client.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=template))
+        elif heartbeat_seconds is not None:
+            client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+        return outcome
+
+
+def _default_job_template(pool_type: str) -> dict[str, Any]:
+    if pool_type != "process":
+        return {}
+    from prefect.workers.process import ProcessWorker
+
+    return ProcessWorker.get_default_base_job_template()
+
+
+def ensure_zombie_automation(heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS,
+                             missed: float = 2.5) -> dict[str, Any]:
+    """Mark a run Crashed when its next heartbeat is ``missed`` beats late (Prefect's documented recipe;
+    replaced on every deploy so the window follows the heartbeat). The Crashed event then fires
+    the ``recover`` deployment's trigger like any other crash."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    within = timedelta(seconds=max(10.0, heartbeat_seconds * missed))
+    with get_client(sync_client=True) as client:
+        for existing in client.read_automations_by_name(ZOMBIE_AUTOMATION):
+            client.delete_automation(existing.id)
+    Automation(
+        name=ZOMBIE_AUTOMATION,
+        description=f"Fires when a running flow run sent a heartbeat and then none for {within.total_seconds():g} s "
+                    "(its worker or machine died); marks it Crashed, which the recover deployment re-runs.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=within,
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {within.total_seconds():g} s: the worker or its "
+                                            "machine died")],
+    ).create()
+    return {"name": ZOMBIE_AUTOMATION, "within_seconds": within.total_seconds()}
 
 
 def set_schedule(deployment: str, cron: str, timezone: str = "UTC") -> dict[str, Any]:
@@ -58,16 +133,25 @@ def set_schedule(deployment: str, cron: str, timezone: str = "UTC") -> dict[str,
     return {"deployment": deployment, "cron": cron, "timezone": timezone}
 
 
-def deploy(pool: str = "ingest") -> dict[str, Any]:
-    """Work pool, ``prefect --no-prompt deploy --all``, then any schedules kept in variables."""
+def deploy(pool: str = "ingest", *, heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS,
+           max_attempts: int | None = None) -> dict[str, Any]:
+    """Work pool (heartbeats on), ``prefect --no-prompt deploy --all`` (with the recover trigger), the zombie
+    automation, the attempt limit, then any schedules kept in variables."""
     from prefect.variables import Variable
 
-    result: dict[str, Any] = {"work_pool": ensure_work_pool(pool)}
+    result: dict[str, Any] = {"work_pool": ensure_work_pool(pool, heartbeat_seconds=heartbeat_seconds),
+                              "heartbeat_seconds": heartbeat_seconds}
     proc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=ROOT,
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"prefect deploy failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     result["deployed"] = proc.stdout.count("successfully created")
+    result["zombie_automation"] = ensure_zombie_automation(heartbeat_seconds)
+    if max_attempts is not None:
+        from flows.reconcile.recovery import MAX_ATTEMPTS_VARIABLE
+
+        Variable.set(MAX_ATTEMPTS_VARIABLE, str(int(max_attempts)), overwrite=True)
+    result["max_attempts"] = _max_attempts()
     applied = {}
     for deployment in SCHEDULED:
         cron = Variable.get(variable_name(deployment), default=None)
@@ -75,3 +159,9 @@ def deploy(pool: str = "ingest") -> dict[str, Any]:
             applied[deployment] = set_schedule(deployment, str(cron))["cron"]
     result["schedules_from_variables"] = applied
     return result
+
+
+def _max_attempts() -> int:
+    from flows.reconcile.recovery import max_attempts
+
+    return max_attempts()
