@@ -9,11 +9,20 @@ very same ``NgasClient`` code path against it as against a real NGAS:
   id makes version+1.
 - ``RETRIEVE?file_id=&file_version=`` streams a stored version back.
 - ``STATUS`` (server, or ``file_id=`` for one file) and ``CHECKFILE`` (recompute the CRC).
+- ``ARCHIVE?probe=1&mime_type=`` answers that the type can be archived: this archive stands
+  for an NGAS with the Streams docs/nrao.md lists, so it takes every mime type.
+
+Where NGAS 12 has a convention, this follows it: an unknown file id or version is HTTP 400
+``NGAMS_ER_UNAVAIL_FILE``; CHECKFILE without ``file_version`` checks version 1 and reports an
+inconsistent file as HTTP 200 ``Status="SUCCESS"`` with an ``NGAMS_ER_FILE_NOK`` message; ARCHIVE
+names the crc32 variant ``ngamsGenCrc32`` (unsigned); an unknown command is 404.
 
 Every reply is an ``NgamsStatus`` document. State is only on disk, as
 ``<root>/<file id>/<version>`` plus ``<version>.json`` (checksum, plug-in, mime type,
 date), so versions survive a restart and two processes serving one root agree:
-versions are allocated under an exclusive ``flock`` on ``<root>/.lock``.
+versions are allocated under an exclusive ``flock`` on ``<root>/.lock``. An upload in flight holds
+an ``flock`` on its ``.tmp/*.part`` file; a part nobody holds (a killed server's) is removed when
+the next server starts on the root.
 
 This is not a replacement for NGAS (no disks, no clusters, no subscriptions); a
 production NgasBlock names a real server's URL. The tests' fault-injecting fake is
@@ -63,6 +72,7 @@ class LocalNgas:
     def __init__(self, root: str | Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = Path(root).resolve()
         (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
+        self.swept = sweep_parts(self.root / ".tmp")
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.archive = self  # type: ignore[attr-defined]
@@ -134,6 +144,32 @@ class LocalNgas:
         return record
 
 
+def sweep_parts(tmp_dir: Path) -> list[str]:
+    """Remove uploads a killed server left in ``.tmp``; a part whose writer lives is locked and kept."""
+    removed = []
+    for part in tmp_dir.glob("*.part"):
+        try:
+            fd = os.open(part, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # another process is writing it
+        try:
+            part.unlink(missing_ok=True)
+            removed.append(part.name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def checksum_name(variant: str, command: str) -> str:
+    """As NGAS 12 records it: ARCHIVE names zlib's crc32 after the legacy plug-in."""
+    return "ngamsGenCrc32" if (command == "ARCHIVE" and variant == "crc32") else variant
+
+
 def status_xml(archive: LocalNgas, status: str, message: str, files: list[dict[str, Any]] = ()) -> bytes:
     root = ET.Element("NgamsStatus")
     ET.SubElement(root, "Status", {"Date": _now(), "HostId": archive.url.removeprefix("http://"),
@@ -177,7 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
                    "STATUS": self._status, "CHECKFILE": self._checkfile}.get(command)
         if handler is None:
             self._drain()
-            return self._reply(400, "FAILURE", f"NGAMS_ER_ILL_CMD:4004:ERROR: Illegal command {command!r} received")
+            return self._reply(404, "FAILURE", "Command not found")
         try:
             handler(params)
         except (BrokenPipeError, ConnectionResetError):
@@ -201,6 +237,13 @@ class _Handler(BaseHTTPRequestHandler):
             left -= len(got)
 
     def _archive(self, params: dict[str, str]) -> None:
+        command = urllib.parse.urlsplit(self.path).path.strip("/").upper()
+        if command == "ARCHIVE" and params.get("probe") not in (None, "", "0"):
+            self._drain()
+            mime = params.get("mime_type") or "application/octet-stream"
+            host = self.archive.url.removeprefix("http://")
+            return self._reply(200, "SUCCESS", "NGAMS_INFO_ARCH_REQ_OK:4068:INFO: Handling of Archive Request for "
+                                               f"mime-type: {mime} is possible on node: {host}")
         if self.command not in ("POST", "PUT"):
             return self._reply(400, "FAILURE", "NGAMS_ER_ARCHIVE_PULL_REQ:4002:ERROR: push the data in the body")
         length = self.headers.get("Content-Length")
@@ -229,6 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
         view = memoryview(buf)
         try:
             with open(tmp, "wb") as out:
+                fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # in flight: a starting server's sweep keeps it
                 while size < expected:
                     n = self.rfile.readinto(view[: min(len(buf), expected - size)])
                     if not n:
@@ -238,7 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
                     size += n
                 out.flush()
                 os.fsync(out.fileno())
-            record = self.archive.store(file_id, tmp, size, str(crc & 0xFFFFFFFF), variant, mime)
+            record = self.archive.store(file_id, tmp, size, str(crc & 0xFFFFFFFF),
+                                        checksum_name(variant, command), mime)
         except BaseException:
             tmp.unlink(missing_ok=True)
             self.close_connection = True
@@ -246,17 +291,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, "SUCCESS", f"Successfully handled Archive Push Request for data file with URI: {file_id}",
                     [record])
 
-    def _find(self, params: dict[str, str]) -> dict[str, Any] | None:
+    def _find(self, params: dict[str, str], default_version: int | None = None) -> dict[str, Any] | None:
         version = params.get("file_version")
         try:
-            v = int(version) if version not in (None, "", "-1") else None
+            v = int(version) if version not in (None, "", "-1") else default_version
         except ValueError:
             return None
         return self.archive.record(params.get("file_id", ""), v)
 
-    def _unavailable(self, params: dict[str, str]) -> None:
-        self._reply(404, "FAILURE", f"NGAMS_ER_UNAVAIL_FILE:4019:ERROR: File with ID: {params.get('file_id', '')} "
-                                    "appears not to be available.")
+    def _unavailable(self, params: dict[str, str], version: int | None = None) -> None:
+        ref = params.get("file_id", "")
+        v = version if version is not None else params.get("file_version")
+        if v not in (None, "") and str(v).lstrip("-").isdigit() and int(v) > 0:
+            ref += f"/Version: {int(v)}"
+        self._reply(400, "FAILURE", f"NGAMS_ER_UNAVAIL_FILE:4019:ERROR: File with ID: {ref} appears not to be "
+                                    "available.")
 
     def _retrieve(self, params: dict[str, str]) -> None:
         record = self._find(params)
@@ -280,18 +329,31 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, "SUCCESS", "Successfully handled command STATUS", [record])
 
     def _checkfile(self, params: dict[str, str]) -> None:
-        record = self._find(params)
+        if not params.get("file_id"):
+            return self._reply(400, "FAILURE", "Must specify a File ID for the CHECKFILE command.")
+        record = self._find(params, default_version=1)  # NGAS checks version 1 unless told otherwise
         if record is None:
-            return self._unavailable(params)
+            return self._unavailable(params, int(params.get("file_version") or 1))
         path = self.archive.path(record["file_id"], record["version"])
-        crc_fn, crc = _crc_fn(record["plugin"]), 0
-        with open(path, "rb") as fh:
-            while chunk := fh.read(BLOCK_SIZE):
-                crc = crc_fn(chunk, crc)
-        where = f"File ID: {record['file_id']}/File Version: {record['version']}"
-        if str(crc & 0xFFFFFFFF) == record["checksum"] and path.stat().st_size == record["size"]:
-            return self._reply(200, "SUCCESS", f"NGAMS_INFO_FILE_OK:4054:INFO: Checked file with {where}. File is OK.")
-        self._reply(400, "FAILURE", f"NGAMS_ER_FILE_NOK:4055:ERROR: Inconsistent checksum found for {where}")
+        where = (f"File ID: {record['file_id']}/File Version: {record['version']}/Disk ID: local-ngas/"
+                 f"Slot ID: local/ Host ID: {self.archive.url.removeprefix('http://')}")
+        problem = None
+        if not path.is_file():
+            problem = "ERROR: File in DB missing on disk"
+        elif path.stat().st_size != record["size"]:
+            problem = f"ERROR: File has wrong size. Expected: {record['size']}/Actual: {path.stat().st_size}."
+        else:
+            crc_fn, crc = _crc_fn(record["plugin"]), 0
+            with open(path, "rb") as fh:
+                while chunk := fh.read(BLOCK_SIZE):
+                    crc = crc_fn(chunk, crc)
+            if (int(record["checksum"]) & 0xFFFFFFFF) != (crc & 0xFFFFFFFF):
+                problem = "ERROR: Inconsistent checksum found"
+        if problem is None:
+            return self._reply(200, "SUCCESS", f"NGAMS_INFO_FILE_OK:4056:INFO: Checked file with {where} - file "
+                                               "found to be consistent.")
+        self._reply(200, "SUCCESS", f"NGAMS_ER_FILE_NOK:4057:ERROR: Checked file with {where} - file found to be "
+                                    f"inconsistent. Descrepancy: {problem}")
 
 
 _RUNNING: dict[Path, LocalNgas] = {}

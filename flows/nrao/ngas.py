@@ -9,6 +9,9 @@ the CRC NGAS reports is checked against bytes we actually sent.
 
 Error policy (see docs/nrao.md):
 - ``NgasFailure`` (a UserError): NGAS answered ``Status="FAILURE"`` (HTTP 4xx). Not retried.
+  A refused push names the file, its NGAS id and its mime type; a mime type with no NGAS
+  Stream is found by a probe before any byte is sent. ``NgasFileUnavailable`` (a
+  NgasFailure) is ``NGAMS_ER_UNAVAIL_FILE``, whether NGAS sent it as 400 (NGAS 12) or 404.
 - ``NgasUnavailable``: 5xx, connection or timeout errors, after ``retries`` attempts with
   exponential backoff. Transient: the flow may retry later.
 - ``NgasChecksumMismatch``: NGAS stored something other than what we sent. Transient
@@ -39,8 +42,9 @@ MAX_REPLY_BYTES = 16 << 20  # an NgamsStatus document is small; never buffer a r
 TRANSIENT_HTTP = frozenset({500, 502, 503, 504})
 
 # NGAS checksum plug-in / variant name → the digest we compute for it. crc32z is
-# zlib's CRC-32 like crc32; the legacy names (ngamsGenCrc32, StreamCrc32, crc32)
-# may report it as a SIGNED 32-bit decimal, so values compare modulo 2**32.
+# zlib's CRC-32 like crc32; the legacy names (ngamsGenCrc32, StreamCrc32, crc32) are
+# NGAS's unmasked binascii.crc32: unsigned on Python 3 (NGAS 12), SIGNED on Python 2,
+# so those values compare modulo 2**32.
 CRC_PLUGINS: dict[str, str] = {
     "ngamsGenCrc32": "crc32",
     "StreamCrc32": "crc32",
@@ -60,6 +64,7 @@ class NgasError(Exception):
     def __init__(self, message: str, *, http_status: int | None = None, status: "NgasStatus | None" = None) -> None:
         super().__init__(message)
         self.message = message
+        self.ngas_message = message  # NGAS's own words, before we add which file it was about
         self.http_status = http_status
         self.status = status
 
@@ -70,6 +75,10 @@ class NgasFailure(NgasError, UserError):
     def __init__(self, message: str, *, http_status: int | None = None, status: "NgasStatus | None" = None) -> None:
         NgasError.__init__(self, message, http_status=http_status, status=status)
         self.code = "ngas_failure"
+
+
+class NgasFileUnavailable(NgasFailure):
+    """``NGAMS_ER_UNAVAIL_FILE``: NGAS holds no such file id (or version)."""
 
 
 class NgasUnavailable(NgasError):
@@ -90,10 +99,11 @@ def crc_algorithm(plugin: str) -> str:
         raise NgasError(f"NGAS used checksum plug-in {plugin!r}, which we cannot verify") from None
 
 
-def crc_to_ngas(plugin: str, hexdigest: str) -> str:
-    """Our 8-hex CRC as NGAS writes it: signed decimal for ngamsGenCrc32, unsigned otherwise."""
+def crc_to_ngas(plugin: str, hexdigest: str, *, signed: bool = False) -> str:
+    """Our 8-hex CRC as NGAS writes it: unsigned decimal (NGAS 12 on Python 3); ``signed=True``
+    gives what an NGAS on Python 2 wrote for the legacy zlib names (ngamsGenCrc32, crc32)."""
     value = int(hexdigest, 16)
-    if plugin == "ngamsGenCrc32" and value >= 1 << 31:
+    if signed and CRC_PLUGINS.get(plugin) == "crc32" and plugin != "crc32z" and value >= 1 << 31:
         value -= 1 << 32
     return str(value)
 
@@ -208,11 +218,32 @@ class RetrieveResult:
     filename: str | None  # from Content-Disposition
 
 
+FILE_OK = "NGAMS_INFO_FILE_OK"
+FILE_NOK = "NGAMS_ER_FILE_NOK"
+UNAVAIL_FILE = "NGAMS_ER_UNAVAIL_FILE"
+UNKNOWN_MIME_CODES = ("NGAMS_ER_UNKNOWN_MIME_TYPE1", "NGAMS_ER_UNKNOWN_MIME_TYPE2", "NGAMS_AL_NO_STO_SETS",
+                      "Unknown mime type")
+
+
+def message_code(message: str) -> str:
+    """``NGAMS_ER_FILE_NOK`` of ``NGAMS_ER_FILE_NOK:4057:ERROR: …`` (the whole text if it has no code)."""
+    return message.split(":", 1)[0].strip()
+
+
 @dataclass(frozen=True)
 class CheckResult:
+    """NGAS's CHECKFILE verdict on one stored file version.
+
+    ``state`` is ``ok``, ``inconsistent`` (NGAS re-read the file and its size or CRC differs,
+    or it is missing on disk) or ``missing`` (NGAS knows no such file id/version).
+    """
+
     ok: bool
     message: str
-    status: NgasStatus = field(repr=False)
+    status: NgasStatus | None = field(repr=False)
+    state: str = "ok"
+    file_id: str = ""
+    file_version: int | None = None
 
 
 # ---------------------------------------------------------------- client
@@ -224,12 +255,17 @@ class NgasClient:
     ``crc_variant`` is asked of NGAS (``crc_variant=`` parameter) and computed while
     streaming. ``None`` lets the server choose; then both crc32 and crc32c are
     computed so either answer can be checked without a second read.
+
+    ``preflight`` probes each mime type once (``ARCHIVE?probe=1&mime_type=``) before the
+    first push of that type. NGAS refuses a type with no configured Stream before reading
+    the body and then closes the connection, so a large push would otherwise end in a
+    broken pipe (retried as transient) instead of NGAS's message.
     """
 
     def __init__(self, url: str, *, archive_command: str = ARCHIVE, crc_variant: str | None = "crc32c",
                  retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0, timeout: float = 300.0,
                  block_size: int = BLOCK_SIZE, auth: Any = None, sleep: Callable[[float], None] = time.sleep,
-                 client: httpx.Client | None = None) -> None:
+                 client: httpx.Client | None = None, preflight: bool = True) -> None:
         if archive_command not in (ARCHIVE, QARCHIVE):
             raise ValueError(f"archive_command must be ARCHIVE or QARCHIVE, not {archive_command!r}")
         if crc_variant is not None and crc_variant not in REQUESTABLE_VARIANTS:
@@ -242,6 +278,8 @@ class NgasClient:
         self.max_backoff = max_backoff
         self.block_size = block_size
         self._sleep = sleep
+        self.preflight = preflight
+        self._accepted_mime_types: set[str] = set()
         self._own_client = client is None
         self._http = client or httpx.Client(
             base_url=self.url, auth=auth,
@@ -260,14 +298,45 @@ class NgasClient:
     # ------------------------------------------------------------ archive
 
     def archive(self, path: str | Path, *, file_id: str | None = None, mime_type: str | None = None,
-                no_versioning: bool = False, extra_algorithms: tuple[str, ...] = ()) -> ArchiveResult:
-        """Push one file; return NGAS's file id/version/CRC once the CRC matches ours."""
+                no_versioning: bool = False, extra_algorithms: tuple[str, ...] = (),
+                label: str | None = None) -> ArchiveResult:
+        """Push one file; return NGAS's file id/version/CRC once the CRC matches ours.
+
+        Every error names the file (``label``, default its name), its NGAS id and mime type.
+        """
         path = Path(path)
         file_id = file_id or path.name
         check_relative_name(file_id, what="NGAS file id", max_length=1024)
         if "/" in file_id:
             raise UserError(f"NGAS file id {file_id!r} must not contain '/'")
         mime = mime_type or mime_type_for(path.name)
+        what = f"{label or path.name} (NGAS file id {file_id}, mime type {mime})"
+        try:
+            if self.preflight and mime not in self._accepted_mime_types:
+                self.probe(mime, file_id)
+            return self._archive(path, file_id, mime, no_versioning, extra_algorithms)
+        except NgasFailure as exc:
+            hint = ""
+            if message_code(exc.message) in UNKNOWN_MIME_CODES:
+                hint = (f"; configure an NGAS Stream for mime type {mime} (e.g. PlugIn=\"ngamsGenDapi\", "
+                        "see docs/nrao.md)")
+            raise _named(exc, f"NGAS refused {what}: {exc.message}{hint}") from exc
+        except NgasError as exc:
+            raise _named(exc, f"{what}: {exc.message}") from exc
+
+    def probe(self, mime_type: str, file_id: str = "") -> NgasStatus:
+        """Ask NGAS whether it has a Stream (and a volume) for ``mime_type``, without sending data."""
+        params = {"probe": "1", "mime_type": mime_type}
+        if file_id:
+            params["filename"] = file_id
+        status = self._request("GET", ARCHIVE, params=params)[0]
+        if message_code(status.message) == "NGAMS_ER_ARCH_REQ_NOK":
+            raise NgasUnavailable(status.message, http_status=status.http_status, status=status)
+        self._accepted_mime_types.add(mime_type)
+        return status
+
+    def _archive(self, path: Path, file_id: str, mime: str, no_versioning: bool,
+                 extra_algorithms: tuple[str, ...]) -> ArchiveResult:
         size = path.stat().st_size
         crc_algos = ("crc32", "crc32c") if self.crc_variant is None else (CRC_PLUGINS[self.crc_variant],)
         algorithms = tuple(dict.fromkeys(crc_algos + tuple(extra_algorithms)))
@@ -390,8 +459,19 @@ class NgasClient:
             raise NgasFailure(f"NGAS STATUS lists no file {file_id!r}", http_status=st.http_status, status=st)
         return max(matches, key=lambda f: f.file_version)
 
+    def check_file(self, file_id: str, file_version: int, disk_id: str | None = None) -> CheckResult:
+        """NGAS re-reads its stored copy of one version and compares size and CRC with its records.
+
+        A damaged, vanished or unknown file is a result (``ok=False``, ``state`` says which), not
+        an exception. NGAS 12 answers an inconsistent file with HTTP 200 and ``Status="SUCCESS"``;
+        only the message code (``NGAMS_ER_FILE_NOK``) tells, so the code is what we read. An
+        unknown id is HTTP 400 on NGAS 12 and 404 elsewhere: both are ``missing``. NGAS checks
+        version 1 when no version is sent, so the version is always sent here.
+        """
+        return self.checkfile(file_id, file_version, disk_id)
+
     def checkfile(self, file_id: str, file_version: int | None = None, disk_id: str | None = None) -> CheckResult:
-        """Ask NGAS to re-verify its stored copy; a damaged or unknown file is ``ok=False``, not an error."""
+        """``check_file`` with NGAS's own default: without ``file_version`` NGAS checks version 1."""
         params = {"file_id": file_id}
         if file_version is not None:
             params["file_version"] = str(file_version)
@@ -399,9 +479,18 @@ class NgasClient:
             params["disk_id"] = disk_id
         try:
             st = self._request("GET", "CHECKFILE", params=params)[0]
+        except NgasFileUnavailable as exc:
+            return CheckResult(False, exc.message, exc.status, "missing", file_id, file_version)
         except NgasFailure as exc:
-            return CheckResult(False, exc.message, exc.status)  # type: ignore[arg-type]
-        return CheckResult(st.ok, st.message, st)
+            if message_code(exc.message) == FILE_NOK:  # an NGAS that sends the verdict as a FAILURE
+                return CheckResult(False, exc.message, exc.status, "inconsistent", file_id, file_version)
+            raise
+        code = message_code(st.message)
+        if code == FILE_OK:
+            return CheckResult(True, st.message, st, "ok", file_id, file_version)
+        if code == FILE_NOK:
+            return CheckResult(False, st.message, st, "inconsistent", file_id, file_version)
+        raise NgasError(f"CHECKFILE {file_id} version {file_version}: unexpected reply {st.message!r}", status=st)
 
     # ------------------------------------------------------------ plumbing
 
@@ -433,6 +522,8 @@ class NgasClient:
         status = status or parse_status(body, code)
         if code in TRANSIENT_HTTP:
             raise _Transient(f"HTTP {code}: {status.message}")
+        if message_code(status.message) == UNAVAIL_FILE:  # 400 on NGAS 12, 404 on others
+            raise NgasFileUnavailable(status.message, http_status=code, status=status)
         raise NgasFailure(status.message or f"NGAS {command} answered HTTP {code}", http_status=code, status=status)
 
     def _read_reply(self, resp: httpx.Response) -> bytes:
@@ -446,6 +537,13 @@ class NgasClient:
     def _pause(self, attempt: int) -> None:
         if attempt < self.retries:
             self._sleep(min(self.max_backoff, self.backoff * (2 ** (attempt - 1))))
+
+
+def _named(exc: NgasError, message: str) -> NgasError:
+    """The same kind of error, its message naming the file; NGAS's words stay in ``ngas_message``."""
+    named = type(exc)(message, http_status=exc.http_status, status=exc.status)
+    named.ngas_message = exc.ngas_message
+    return named
 
 
 class _Transient(Exception):

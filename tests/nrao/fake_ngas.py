@@ -1,22 +1,36 @@
 """A faithful fake NGAS server: real HTTP on 127.0.0.1, bodies stored on disk as a stream.
 
-Implements what the ingest uses, shaped like NGAS (ICRAR/ngas) replies:
+Shaped on ICRAR ngas 12 (``ngamsServer``; its ``ngamsLogDef.xml`` messages, word for word),
+and as strict as the real server on every point the ingest touches:
 
 - ``ARCHIVE`` / ``QARCHIVE`` push (POST or PUT, body = the file; ``filename`` from the query
   or ``Content-Disposition``; ``mime_type``, ``no_versioning``, ``crc_variant``). Re-archiving a
   file id makes version+1 (or replaces the latest with ``no_versioning=1``).
+- **Streams.** Every mime type needs a configured Stream (``streams``: mime type → plug-in).
+  Without one, ARCHIVE answers 400 ``NGAMS_ER_UNKNOWN_MIME_TYPE2`` and QARCHIVE 400
+  ``Unknown mime type: …``, both before reading the body, and the connection is closed (NGAS
+  speaks HTTP/1.0 and never drains a refused body). ``ARCHIVE?probe=1&mime_type=`` answers
+  ``NGAMS_INFO_ARCH_REQ_OK`` for a configured type. The default ``NRAO_STREAMS`` is what
+  docs/nrao.md tells operators to configure; ``STOCK_STREAMS`` is NGAS's shipped sample
+  configuration, where ``image/x-fits`` goes to ``ngamsFitsPlugIn`` (refuses a FITS without
+  ``ARCFILE``) and ``application/x-tar`` to ``ngasTarBallPlugIn`` (refuses a file id without an
+  ISO timestamp after its first dot).
+- **Checksums** are decimal strings. ARCHIVE reports the crc32 variant as the legacy plug-in
+  ``ngamsGenCrc32``, QARCHIVE as ``crc32``; both **unsigned** (NGAS on Python 3), or signed
+  with ``legacy_signed=True`` (NGAS on Python 2). ``crc32c``/``crc32z`` are always unsigned.
+  With ``honour_crc_variant=False`` the ``crc_variant`` parameter is ignored, as before NGAS v10.
 - ``RETRIEVE?file_id=&file_version=`` streams the file with ``Content-Disposition``.
-- ``STATUS`` (server) and ``STATUS?file_id=`` (file), ``CHECKFILE?file_id=&file_version=``.
-
-Every reply is an ``NgamsStatus`` document (XML declaration, DOCTYPE, ``Status`` element,
-``DiskStatus``/``FileStatus`` on success). Checksums follow NGAS: decimal strings, the
-legacy ``ngamsGenCrc32`` plug-in SIGNED, ``crc32c``/``crc32z`` unsigned, and ``crc32``
-signed or unsigned depending on ``legacy_signed`` (NGAS on Python 2 vs 3); with
-``honour_crc_variant=False`` the ``crc_variant`` parameter is ignored, as before NGAS v10.
+- ``STATUS`` (server) and ``STATUS?file_id=`` (file). An unknown file id or version is HTTP
+  **400** ``NGAMS_ER_UNAVAIL_FILE`` (not 404) on STATUS, RETRIEVE and CHECKFILE.
+- ``CHECKFILE?file_id=&file_version=``: the version defaults to **1** (not the latest). A
+  consistent file is HTTP 200 ``NGAMS_INFO_FILE_OK``; an inconsistent one (checksum, size, or
+  missing on disk) is *also* HTTP 200 with ``Status="SUCCESS"``, its message
+  ``NGAMS_ER_FILE_NOK`` naming the discrepancy; without ``file_id`` it is a 400.
+- An unknown command is HTTP 404 ``Command not found``.
 
 Fault switches: ``fail_next`` (HTTP 400 FAILURE with a message), ``unavailable_next``
 (HTTP 503), ``redirect_next`` (303 to another node), ``corrupt_checksum_next`` (report a
-wrong CRC), ``damage`` (flip a stored byte).
+wrong CRC), ``damage`` (flip a stored byte), ``lose`` (delete a stored file behind NGAS's back).
 """
 from __future__ import annotations
 
@@ -37,9 +51,41 @@ from typing import Any
 
 import crc32c as _crc32c
 
-NGAS_VERSION = "v11.0/2018-07-18T08:00:00"
+NGAS_VERSION = "v12.0/2024-05-21T00:00:00"
 BLOCK = 1 << 20
 VARIANTS = ("ngamsGenCrc32", "crc32", "crc32c", "crc32z")
+SLOT_ID = "volume1"
+ARCHIVE_REQUEST_MT = "ngas/archive-request"
+
+GEN_DAPI = "ngamsGenDapi"
+FITS_PLUGIN = "ngamsFitsPlugIn"
+TARBALL_PLUGIN = "ngasTarBallPlugIn"
+
+# The Streams docs/nrao.md asks an operator to configure: every mime type the NRAO flow sends,
+# each to the generic DAPI. Kept as a literal list on purpose: a new mime type in the flow must
+# fail here until the docs (and so the operators) know about it.
+NRAO_STREAMS: dict[str, str] = {mime: GEN_DAPI for mime in (
+    "application/octet-stream", "application/json", "application/x-gfits", "application/x-gtar",
+    "application/x-tar", "image/png", "image/x-fits", "multipart/related", "text/plain", "text/xml",
+)}
+
+# NGAS's shipped sample configuration (cfg/sample_server_config.xml, <Streams>).
+STOCK_STREAMS: dict[str, str] = {
+    "application/octet-stream": GEN_DAPI,
+    "image/x-fits": FITS_PLUGIN,
+    "cal/x-fits": "ngamsCalibDapi",
+    "cal/x-tfits": "ngamsCalibDapi",
+    "non/existing": "ngamsNonExisting",
+    "application/x-cfits": FITS_PLUGIN,
+    "application/x-gfits": FITS_PLUGIN,
+    "ngas/nglog": "ngamsNgLogPlugIn",
+    "text/ascii": GEN_DAPI,
+    "text/log-file": "ngamsNgLogPlugIn",
+    "application/x-tar": TARBALL_PLUGIN,
+    "multialma/related": "ngamsSdmMultipart",
+    "application/pdf": GEN_DAPI,
+    "application/x-gtar": GEN_DAPI,
+}
 
 
 @dataclass
@@ -70,17 +116,85 @@ class RequestRecord:
     params: dict[str, str]
     headers: dict[str, str]
 
+    @property
+    def probe(self) -> bool:
+        """``ARCHIVE?probe=1``: asks whether a mime type can be archived; sends no data."""
+        return self.command == "ARCHIVE" and self.params.get("probe") not in (None, "", "0")
+
+    @property
+    def push(self) -> bool:
+        return self.command in ("ARCHIVE", "QARCHIVE") and not self.probe
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
 
 
 def crc_value(variant: str, raw: int, legacy_signed: bool) -> str:
+    """NGAS's decimal CRC: the zlib family is binascii.crc32 unmasked, so signed only on Python 2."""
     raw &= 0xFFFFFFFF
-    if variant == "ngamsGenCrc32" or (variant == "crc32" and legacy_signed):
-        if raw >= 1 << 31:
-            raw -= 1 << 32
+    if legacy_signed and variant in ("ngamsGenCrc32", "StreamCrc32", "crc32") and raw >= 1 << 31:
+        raw -= 1 << 32
     return str(raw)
+
+
+def checksum_name(variant: str, command: str) -> str:
+    """The ChecksumPlugIn NGAS 12 records: crc32 for the zlib family, renamed for ARCHIVE."""
+    name = "crc32" if variant in ("ngamsGenCrc32", "StreamCrc32", "crc32") else variant
+    return "ngamsGenCrc32" if (command == "ARCHIVE" and name == "crc32") else name
+
+
+def log_text(log_id: str, *pars: Any) -> str:
+    """An ngamsLogDef.xml message: ``<id>:<number>:<type>: <text>``."""
+    number, kind, text = LOG_DEFS[log_id]
+    return f"{log_id}:{number}:{kind}: " + (text % pars if pars else text)
+
+
+LOG_DEFS: dict[str, tuple[int, str, str]] = {
+    "NGAMS_ER_UNAVAIL_FILE": (4019, "ERROR", "File with ID: %s appears not to be available."),
+    "NGAMS_ER_UNKNOWN_MIME_TYPE1": (4014, "ERROR", "Could not determine mime-type for data file with URI: %s. "
+                                                   "Check NG/AMS Configuration."),
+    "NGAMS_ER_UNKNOWN_MIME_TYPE2": (4047, "ERROR", "Illegal mime-type: %s issued in Archive Request for file "
+                                                   "with URI: %s. Rejecting request."),
+    "NGAMS_INFO_ARCH_REQ_OK": (4068, "INFO", "Handling of Archive Request for mime-type: %s is possible on "
+                                             "node: %s"),
+    "NGAMS_ER_DAPI_BAD_FILE": (4003, "ERROR", "Error occurred handling file: %s in DAPI: %s, Error: %s"),
+    "NGAMS_ER_MISSING_URI": (4020, "ERROR", "Missing URI/filename in Archive Request."),
+    "NGAMS_INFO_FILE_OK": (4056, "INFO", "Checked file with File ID: %s/File Version: %d/Disk ID: %s/Slot ID: "
+                                         "%s/ Host ID: %s - file found to be consistent."),
+    "NGAMS_ER_FILE_NOK": (4057, "ERROR", "Checked file with File ID: %s/File Version: %d/Disk ID: %s/Slot ID: "
+                                         "%s/ Host ID: %s - file found to be inconsistent%s"),
+}
+
+
+def fits_has_arcfile(path: Path) -> bool:
+    """What ngamsFitsPlugIn needs: an ARCFILE card in the primary header (ESO's naming)."""
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(2880)
+            if len(block) < 2880:
+                return False
+            for i in range(0, 2880, 80):
+                key = block[i:i + 8].decode("ascii", "replace").strip()
+                if key == "ARCFILE":
+                    return True
+                if key == "END":
+                    return False
+
+
+def tarball_timestamp_error(file_id: str) -> str | None:
+    """ngasTarBallPlugIn reads an ISO timestamp after the file id's first dot (``X.2001-05-08T15:25:00.123``)."""
+    stamp = file_id[file_id.find(".") + 1:]
+    parts = stamp.split(".")
+    if len(parts) != 2:
+        return (f"not enough values to unpack (expected 2, got {len(parts)})" if len(parts) < 2
+                else "too many values to unpack (expected 2)")
+    try:
+        time.strptime(parts[0], "%Y-%m-%dT%H:%M:%S")
+        float(parts[1])
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class _Crc:
@@ -95,7 +209,7 @@ class _Crc:
 class FakeNgas:
     def __init__(self, root: str | Path, *, crc_variant: str = "crc32", legacy_signed: bool = False,
                  honour_crc_variant: bool = True, host: str = "127.0.0.1", port: int = 0,
-                 disk_id: str = "fake-ngas-volume1") -> None:
+                 disk_id: str = "fake-ngas-volume1", streams: dict[str, str] | None = None) -> None:
         if crc_variant not in VARIANTS:
             raise ValueError(crc_variant)
         self.root = Path(root)
@@ -105,6 +219,7 @@ class FakeNgas:
         self.legacy_signed = legacy_signed
         self.honour_crc_variant = honour_crc_variant  # NGAS before v10 ignores ?crc_variant=
         self.disk_id = disk_id
+        self.streams = dict(NRAO_STREAMS if streams is None else streams)  # mime type → DAPI plug-in
         self.files: dict[str, dict[int, StoredFile]] = {}
         self.requests: list[RequestRecord] = []
         self._faults: list[Fault] = []
@@ -166,6 +281,10 @@ class FakeNgas:
         with self._lock:
             self._corrupt += count
 
+    def lose(self, file_id: str, version: int | None = None) -> None:
+        """Delete a stored file behind NGAS's back (its database row stays)."""
+        self.stored_path(file_id, version).unlink()
+
     def damage(self, file_id: str, version: int | None = None) -> None:
         """Flip one stored byte (behind NGAS's back) so CHECKFILE has something to find."""
         path = self.stored_path(file_id, version)
@@ -193,10 +312,15 @@ class FakeNgas:
             raise KeyError(file_id)
         return self.volume / rec.relpath
 
+    def pushes(self) -> list[RequestRecord]:
+        """The ARCHIVE/QARCHIVE requests that carried a file (probes left out)."""
+        return [r for r in self.requests if r.push]
+
     def _take_fault(self, command: str) -> Fault | None:
+        """Faults hit the next matching request; a probe only when ``commands`` names ``PROBE``."""
         with self._lock:
             for fault in self._faults:
-                if fault.commands is None or command in fault.commands:
+                if (fault.commands is None and command != "PROBE") or (fault.commands and command in fault.commands):
                     fault.count -= 1
                     if fault.count <= 0:
                         self._faults.remove(fault)
@@ -211,7 +335,7 @@ class FakeNgas:
         return False
 
     def _register(self, file_id: str, tmp: Path, size: int, raw_crc: int, variant: str, mime: str,
-                  no_versioning: bool) -> StoredFile:
+                  no_versioning: bool, command: str = "ARCHIVE") -> StoredFile:
         with self._lock:
             versions = self.files.setdefault(file_id, {})
             latest = max(versions) if versions else 0
@@ -222,7 +346,7 @@ class FakeNgas:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
             rec = StoredFile(file_id, version, relpath, size, crc_value(variant, raw_crc, self.legacy_signed),
-                             variant, mime, _now())
+                             checksum_name(variant, command), mime, _now())
             versions[version] = rec
             return rec
 
@@ -294,8 +418,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         command = url.path.strip("/").upper()
         params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
-        self.fake.requests.append(RequestRecord(self.command, command, params, dict(self.headers.items())))
-        fault = self.fake._take_fault(command)
+        record = RequestRecord(self.command, command, params, dict(self.headers.items()))
+        self.fake.requests.append(record)
+        fault = self.fake._take_fault("PROBE" if record.probe else command)
         if fault is not None:
             self._drain()
             if fault.location:
@@ -306,7 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
                    "STATUS": self._status, "CHECKFILE": self._checkfile}.get(command)
         if handler is None:
             self._drain()
-            return self._reply(400, "FAILURE", f"NGAMS_ER_ILL_CMD:4004:ERROR: Illegal command {command!r} received")
+            return self._reply(404, "FAILURE", "Command not found")
         try:
             handler(params)
         except (BrokenPipeError, ConnectionResetError):
@@ -359,31 +484,51 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------ commands
 
+    def _mime_type(self, params: dict[str, str]) -> str:
+        """As ngamsReqProps reads it: Content-Type, else Content-Disposition's mime_type; the query wins."""
+        mime = (self.headers.get("Content-Type") or "").split(";")[0].strip(' "')
+        if not mime:
+            m = re.search(r'mime_type\s*=\s*"?([^";]+)"?', self.headers.get("Content-Disposition", ""))
+            mime = m.group(1).strip() if m else ""
+        return params.get("mime_type") or mime
+
+    def _refuse_unread(self, code: int, message: str) -> None:
+        """NGAS refuses before reading the body and closes the connection (HTTP/1.0): nothing is drained."""
+        self.close_connection = True
+        self._reply(code, "FAILURE", message, headers={"Connection": "close"})
+
     def _archive(self, params: dict[str, str]) -> None:
         fake = self.fake
+        command = urllib.parse.urlsplit(self.path).path.strip("/").upper()
+        file_uri = params.get("filename") or ""
+        if not file_uri:
+            m = _DISP_RE.search(self.headers.get("Content-Disposition", ""))
+            file_uri = os.path.basename(m.group(1).strip()) if m else ""
+        mime = self._mime_type(params)
+        if command == "ARCHIVE" and mime in ("", ARCHIVE_REQUEST_MT):
+            return self._refuse_unread(400, log_text("NGAMS_ER_UNKNOWN_MIME_TYPE1", file_uri))
+        if mime not in fake.streams:
+            if command == "ARCHIVE":
+                return self._refuse_unread(400, log_text("NGAMS_ER_UNKNOWN_MIME_TYPE2", mime, file_uri))
+            return self._refuse_unread(400, f"Unknown mime type: {mime}")
+        if command == "ARCHIVE" and params.get("probe") not in (None, "", "0"):
+            self._drain()
+            return self._reply(200, "SUCCESS", log_text("NGAMS_INFO_ARCH_REQ_OK", mime, fake.host_id))
         if self.command not in ("POST", "PUT"):
             return self._reply(400, "FAILURE", "NGAMS_ER_ARCHIVE_PULL_REQ:4002:ERROR: Archive Pull is not "
                                                "supported by this server; push the data in the request body")
-        filename = params.get("filename")
-        if not filename:
-            m = _DISP_RE.search(self.headers.get("Content-Disposition", ""))
-            filename = m.group(1) if m else ""
-        file_id = os.path.basename(filename.strip())
+        file_id = os.path.basename(file_uri.strip())
         if not file_id:
-            self._drain()
-            return self._reply(400, "FAILURE", "NGAMS_ER_MISSING_URI:4020:ERROR: Must specify a filename "
-                                               "(parameter 'filename' or Content-Disposition)")
+            return self._refuse_unread(400, log_text("NGAMS_ER_MISSING_URI"))
         variant = (params.get("crc_variant") if fake.honour_crc_variant else None) or fake.crc_variant
         if variant not in VARIANTS:
             self._drain()
-            return self._reply(400, "FAILURE",
-                               f"NGAMS_ER_ARCHIVE_PUSH_REQ:4011:ERROR: Unknown CRC variant: {variant!r}")
-        mime = params.get("mime_type") or self.headers.get("Content-Type") or "application/octet-stream"
+            return self._reply(400, "FAILURE", f"invalid literal for int() with base 10: {variant!r}")
         chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
         length = self.headers.get("Content-Length")
         if not chunked and length is None:
             self.close_connection = True
-            return self._reply(411, "FAILURE", "NGAMS_ER_ARCHIVE_PUSH_REQ:4011:ERROR: Content-Length is required")
+            return self._reply(411, "FAILURE", "Content-Length is 0 or unknown")
 
         tmp = fake.volume / ".tmp" / f"{uuid.uuid4().hex}.part"
         crc = _Crc(variant)
@@ -406,9 +551,13 @@ class _Handler(BaseHTTPRequestHandler):
                         crc.update(view[:n])
                         out.write(view[:n])
                         size += n
+            problem = self._plugin_problem(fake.streams[mime], tmp, file_id)
+            if problem:
+                tmp.unlink(missing_ok=True)
+                return self._reply(400, "FAILURE", problem)
             no_versioning = params.get("no_versioning", "0") in ("1", "true", "True") or \
                 "no_versioning=1" in self.headers.get("Content-Disposition", "")
-            rec = fake._register(file_id, tmp, size, crc.value, variant, mime, no_versioning)
+            rec = fake._register(file_id, tmp, size, crc.value, variant, mime, no_versioning, command)
         except BaseException:
             tmp.unlink(missing_ok=True)
             self.close_connection = True
@@ -418,22 +567,42 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, "SUCCESS", f"Successfully handled Archive Push Request for data file with URI: {file_id}",
                     [rec])
 
-    def _find(self, params: dict[str, str]) -> StoredFile | None:
+    def _plugin_problem(self, plugin: str, staged: Path, file_id: str) -> str | None:
+        """What the Stream's DAPI says about the received file (None: it accepts it)."""
+        if plugin == FITS_PLUGIN and not fits_has_arcfile(staged):
+            return log_text("NGAMS_ER_DAPI_BAD_FILE", file_id, FITS_PLUGIN,
+                            "Did not find keyword ARCFILE in FITS file or ARCFILE illegal")
+        if plugin == TARBALL_PLUGIN:
+            import tarfile
+
+            if not tarfile.is_tarfile(staged):
+                return log_text("NGAMS_ER_DAPI_BAD_FILE", str(staged), TARBALL_PLUGIN,
+                                "Error checking tarball: tar: This does not look like a tar archive")
+            return tarball_timestamp_error(file_id)
+        return None
+
+    def _find(self, params: dict[str, str], default_version: int | None = None) -> StoredFile | None:
         file_id = params.get("file_id", "")
         version = params.get("file_version")
         try:
-            v = int(version) if version not in (None, "", "-1") else None
+            v = int(version) if version not in (None, "", "-1") else default_version
         except ValueError:
             v = -999
         return self.fake.record(file_id, v)
 
-    def _unavailable(self, params: dict[str, str]) -> None:
-        self._reply(404, "FAILURE", f"NGAMS_ER_UNAVAIL_FILE:4019:ERROR: File with ID: {params.get('file_id', '')} "
-                                    "appears not to be available.")
+    def _unavailable(self, params: dict[str, str], version: int | None = None) -> None:
+        """NGAMS_ER_UNAVAIL_FILE, as HTTP 400 (NGAS answers every failed command 400)."""
+        ref = params.get("file_id", "")
+        v = version if version is not None else params.get("file_version")
+        if v not in (None, "") and int(v) > 0:
+            ref += f"/Version: {int(v)}"
+        if params.get("disk_id"):
+            ref += f"/Disk ID: {params['disk_id']}"
+        self._reply(400, "FAILURE", log_text("NGAMS_ER_UNAVAIL_FILE", ref))
 
     def _retrieve(self, params: dict[str, str]) -> None:
         if "internal" in params:
-            return self._reply(404, "FAILURE", "NGAMS_ER_UNAVAIL_FILE:4019:ERROR: no internal files here")
+            return self._reply(400, "FAILURE", log_text("NGAMS_ER_UNAVAIL_FILE", params["internal"]))
         rec = self._find(params)
         if rec is None:
             return self._unavailable(params)
@@ -460,21 +629,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, "SUCCESS", "Successfully handled command STATUS", [rec])
 
     def _checkfile(self, params: dict[str, str]) -> None:
-        rec = self._find(params)
-        if rec is None:
-            return self._unavailable(params)
-        crc = _Crc(rec.plugin)
-        path = self.fake.volume / rec.relpath
-        with open(path, "rb") as fh:
-            while chunk := fh.read(BLOCK):
-                crc.update(chunk)
-        size = path.stat().st_size
-        actual = crc_value(rec.plugin, crc.value, self.fake.legacy_signed)
-        where = f"File ID: {rec.file_id}/File Version: {rec.version}/Disk ID: {self.fake.disk_id}"
-        if actual == rec.checksum and size == rec.size:
-            return self._reply(200, "SUCCESS", f"NGAMS_INFO_FILE_OK:4054:INFO: Checked file with {where}. File is OK.")
-        self._reply(400, "FAILURE", f"NGAMS_ER_FILE_NOK:4055:ERROR: Inconsistent checksum found for {where}: "
-                                    f"stored {rec.checksum}, found {actual} (size {size}/{rec.size})")
+        fake = self.fake
+        if not params.get("file_id"):
+            return self._reply(400, "FAILURE", "Must specify a File ID for the CHECKFILE command.")
+        version = int(params["file_version"]) if params.get("file_version") else 1  # NGAS: 1, not the latest
+        rec = self._find(params, default_version=1)
+        if rec is None or (params.get("disk_id") and params["disk_id"] != fake.disk_id):
+            return self._unavailable(params, version)
+        path = fake.volume / rec.relpath
+        where = (rec.file_id, rec.version, fake.disk_id, SLOT_ID, fake.host_id)
+        if not path.exists():
+            problem = "ERROR: File in DB missing on disk"
+        elif path.stat().st_size != rec.size:
+            problem = f"ERROR: File has wrong size. Expected: {rec.size}/Actual: {path.stat().st_size}."
+        else:
+            crc = _Crc(rec.plugin)
+            with open(path, "rb") as fh:
+                while chunk := fh.read(BLOCK):
+                    crc.update(chunk)
+            stored, found = int(rec.checksum), crc.value
+            problem = None if (stored & 0xFFFFFFFF) == (found & 0xFFFFFFFF) else "ERROR: Inconsistent checksum found"
+        if problem is None:
+            return self._reply(200, "SUCCESS", log_text("NGAMS_INFO_FILE_OK", *where))
+        # NGAS returns the inconsistency as the command's message: HTTP 200, Status="SUCCESS".
+        self._reply(200, "SUCCESS", log_text("NGAMS_ER_FILE_NOK", *where, f". Descrepancy: {problem}"))
 
 
 def wait_until_up(url: str, timeout: float = 5.0) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ class LateFaults(FakeNgas):
         self.after = after
 
     def _take_fault(self, command: str):
-        if sum(1 for r in self.requests if r.command in ("ARCHIVE", "QARCHIVE")) <= self.after:
+        if command == "PROBE" or len(self.pushes()) <= self.after:
             return None
         return super()._take_fault(command)
 
@@ -78,7 +79,7 @@ class NraoEnv:
             return r.execute(query, params or None)
 
     def archives(self) -> list[Any]:
-        return [r for r in self.fake.requests if r.command in ("ARCHIVE", "QARCHIVE")]
+        return self.fake.pushes()
 
 
 @pytest.fixture
@@ -292,7 +293,11 @@ def test_failure_reply_fails_with_ngas_message_and_records_nothing(nrao_env, tmp
         fake.fail_next(message)
         code, summary = env.run(*argv)
     assert code == 1 and summary["state"] == "ERROR"
-    assert summary["error"] == message
+    # the error names the staged file, its NGAS id and mime type, then NGAS's own words
+    third = env.archives()[2]
+    name = re.escape(f"(NGAS file id {third.params['filename']}, mime type {third.params['mime_type']}): ")
+    assert re.fullmatch(r"NGAS refused \S+ " + name + re.escape(message), summary["error"]), summary["error"]
+    message = summary["error"]
     assert len(env.archives()) == 3  # a FAILURE is not retried
     assert len(fake.files) == 2  # in NGAS, but not in the registry: the product is not complete
     nothing_recorded(env, source, "calibration")

@@ -18,6 +18,7 @@ from flows.nrao.ngas import (
     NgasChecksumMismatch,
     NgasClient,
     NgasFailure,
+    NgasFileUnavailable,
     NgasUnavailable,
     crc_matches,
     crc_to_ngas,
@@ -73,7 +74,9 @@ def test_archive_request_is_shaped_like_ngamsPClient(tmp_path, fake_ngas, ngas) 
     path = tmp_path / "x.fits"
     path.write_bytes(b"SIMPLE  =" + b" " * 2871)
     ngas.archive(path, file_id="uid___evla_image_1.fits")
-    (req,) = fake_ngas.requests
+    probe, req = fake_ngas.requests  # the mime type is probed once, before the first push of its kind
+    assert (probe.method, probe.command, probe.params) == (
+        "GET", "ARCHIVE", {"probe": "1", "mime_type": "image/x-fits", "filename": "uid___evla_image_1.fits"})
     assert (req.method, req.command) == ("POST", "ARCHIVE")
     assert req.params == {"filename": "uid___evla_image_1.fits", "mime_type": "image/x-fits",
                           "no_versioning": "0", "crc_variant": "crc32c"}
@@ -112,10 +115,11 @@ def test_failure_reply_carries_ngas_message_and_is_not_retried(tmp_path, fake_ng
     msg = "NGAMS_ER_DAPI_BAD_FILE:4011:ERROR: Data Archiving Plug-In: ngamsFitsPlugIn failed: missing ARCFILE"
     fake_ngas.fail_next(msg)
     with pytest.raises(NgasFailure) as err:
-        ngas.archive(path)
-    assert err.value.message == msg and err.value.http_status == 400
+        ngas.archive(path, label="products/f.fits")
+    assert err.value.ngas_message == msg and err.value.http_status == 400
+    assert err.value.message == f"NGAS refused products/f.fits (NGAS file id f.fits, mime type image/x-fits): {msg}"
     assert isinstance(err.value, UserError) and is_user_error(err.value)
-    assert len(fake_ngas.requests) == 1
+    assert len(fake_ngas.pushes()) == 1
     assert fake_ngas.versions("f.fits") == []
 
 
@@ -139,7 +143,7 @@ def test_503_every_time_is_transient_not_user_error(tmp_path, fake_ngas) -> None
         with pytest.raises(NgasUnavailable, match="after 3 attempts.*503") as err:
             client.archive(path)
     assert not is_user_error(err.value)
-    assert len(fake_ngas.requests) == 3
+    assert len(fake_ngas.pushes()) == 3
 
 
 def test_connection_refused_is_transient(tmp_path) -> None:
@@ -167,37 +171,46 @@ def test_crc_mismatch_fails_and_is_not_a_user_error(tmp_path, fake_ngas, ngas) -
     assert ngas.archive(path).file_version == 2  # the retry the flow would make succeeds
 
 
-@pytest.mark.parametrize("server_variant, legacy_signed, negative", [
-    ("ngamsGenCrc32", False, True),
-    ("crc32", True, True),
-    ("crc32", False, False),
-    ("crc32z", False, False),
-    ("crc32c", False, False),
+@pytest.mark.parametrize("server_variant, legacy_signed, command, plugin, negative", [
+    ("ngamsGenCrc32", False, "ARCHIVE", "ngamsGenCrc32", False),  # NGAS 12 on Python 3: unsigned
+    ("ngamsGenCrc32", True, "ARCHIVE", "ngamsGenCrc32", True),    # NGAS on Python 2: signed
+    ("crc32", False, "ARCHIVE", "ngamsGenCrc32", False),          # ARCHIVE names crc32 the legacy way
+    ("crc32", True, "ARCHIVE", "ngamsGenCrc32", True),
+    ("crc32", False, "QARCHIVE", "crc32", False),
+    ("crc32", True, "QARCHIVE", "crc32", True),
+    ("crc32z", False, "ARCHIVE", "crc32z", False),
+    ("crc32c", False, "ARCHIVE", "crc32c", False),
 ])
-def test_server_chosen_crc_variants_verify(tmp_path, server_variant, legacy_signed, negative) -> None:
+def test_server_chosen_crc_variants_verify(tmp_path, server_variant, legacy_signed, command, plugin,
+                                           negative) -> None:
     path = high_bit_file(tmp_path / "hb.bin")
     with FakeNgas(tmp_path / "ngas", crc_variant=server_variant, legacy_signed=legacy_signed) as server, \
-            NgasClient(server.url, crc_variant=None) as client:
+            NgasClient(server.url, crc_variant=None, archive_command=command) as client:
         result = client.archive(path)
-        assert result.checksum_plugin == server_variant
+        assert result.checksum_plugin == plugin
         assert result.checksum.startswith("-") == negative
-        assert "crc_variant" not in server.requests[-1].params
+        assert "crc_variant" not in server.pushes()[-1].params
         assert set(result.digests) == {"crc32", "crc32c"}  # both computed in the single pass
 
 
-def test_server_ignoring_requested_variant_is_still_verified(tmp_path) -> None:
-    """An old NGAS ignores crc_variant and uses ngamsGenCrc32: we re-read once and still verify."""
+@pytest.mark.parametrize("legacy_signed", [False, True])
+def test_server_ignoring_requested_variant_is_still_verified(tmp_path, legacy_signed) -> None:
+    """An old NGAS ignores crc_variant and uses ngamsGenCrc32: we re-read once and still verify,
+    whether it reports the CRC unsigned (Python 3) or signed (Python 2)."""
     path = high_bit_file(tmp_path / "hb.bin")
-    with FakeNgas(tmp_path / "ngas", crc_variant="ngamsGenCrc32", honour_crc_variant=False) as server, \
-            NgasClient(server.url, crc_variant="crc32c") as client:
+    with FakeNgas(tmp_path / "ngas", crc_variant="ngamsGenCrc32", honour_crc_variant=False,
+                  legacy_signed=legacy_signed) as server, NgasClient(server.url, crc_variant="crc32c") as client:
         result = client.archive(path)
-    assert result.checksum_plugin == "ngamsGenCrc32" and int(result.checksum) < 0
+    assert result.checksum_plugin == "ngamsGenCrc32"
+    assert (int(result.checksum) < 0) == legacy_signed and int(result.checksum) & 0xFFFFFFFF >= 1 << 31
     assert result.digests["crc32"] == hash_file(path, ("crc32",)).checksums["crc32"]
 
 
 def test_crc_encodings() -> None:
-    assert crc_to_ngas("ngamsGenCrc32", "ffffffff") == "-1"
-    assert crc_to_ngas("crc32c", "ffffffff") == "4294967295"
+    assert crc_to_ngas("ngamsGenCrc32", "ffffffff") == "4294967295"  # NGAS 12 (Python 3)
+    assert crc_to_ngas("ngamsGenCrc32", "ffffffff", signed=True) == "-1"  # NGAS on Python 2
+    assert crc_to_ngas("crc32c", "ffffffff", signed=True) == "4294967295"
+    assert crc_matches("ngamsGenCrc32", "4294967295", "ffffffff") and crc_matches("ngamsGenCrc32", "-1", "ffffffff")
     assert crc_matches("crc32", "-1", "ffffffff") and crc_matches("crc32", "4294967295", "ffffffff")
     assert crc_matches("ngamsGenCrc32", "-2", "fffffffe")
     assert not crc_matches("crc32c", "-1", "ffffffff")  # crc32c is always unsigned
@@ -213,15 +226,13 @@ def test_status_checkfile_and_unknown_files(tmp_path, fake_ngas, ngas) -> None:
     assert server.ok and server.state == "ONLINE" and server.host_id == fake_ngas.host_id
     fs = ngas.file_status("uid___evla_x.tar")
     assert (fs.file_version, fs.file_size, fs.checksum_plugin) == (1, 10_000, "crc32c")
-    assert ngas.checkfile("uid___evla_x.tar", 1).ok
-    fake_ngas.damage("uid___evla_x.tar")
-    check = ngas.checkfile("uid___evla_x.tar", 1)
-    assert not check.ok and "NGAMS_ER_FILE_NOK" in check.message
-    with pytest.raises(NgasFailure, match="NGAMS_ER_UNAVAIL_FILE.*nope"):
+    assert ngas.check_file("uid___evla_x.tar", 1).ok
+    with pytest.raises(NgasFileUnavailable, match="NGAMS_ER_UNAVAIL_FILE.*nope"):
         ngas.file_status("nope")
-    with pytest.raises(NgasFailure, match="NGAMS_ER_UNAVAIL_FILE") as err:
+    with pytest.raises(NgasFileUnavailable, match="NGAMS_ER_UNAVAIL_FILE") as err:
         ngas.retrieve("nope", tmp_path / "nope")
-    assert err.value.http_status == 404
+    assert err.value.http_status == 400  # NGAS 12 answers an unknown file 400, not 404
+    assert is_user_error(err.value)
     assert not (tmp_path / "nope").exists()
 
 
@@ -232,7 +243,7 @@ def test_retrieve_retries_a_503(tmp_path, fake_ngas, ngas) -> None:
     fake_ngas.unavailable_next(1, commands={"RETRIEVE"})
     got = ngas.retrieve("f.bin", tmp_path / "g.bin")
     assert got.path.read_bytes() == path.read_bytes()
-    assert [r.command for r in fake_ngas.requests] == ["ARCHIVE", "RETRIEVE", "RETRIEVE"]
+    assert [r.command for r in fake_ngas.requests if not r.probe] == ["ARCHIVE", "RETRIEVE", "RETRIEVE"]
 
 
 def test_non_xml_reply_is_reported_readably() -> None:
@@ -302,4 +313,4 @@ def test_reads_follow_a_cluster_redirect(tmp_path, fake_ngas, ngas) -> None:
         got = ngas.retrieve("on-node2.bin", tmp_path / "got.bin")
         assert got.path.read_bytes() == path.read_bytes()
         assert ngas.file_status("on-node2.bin").file_size == 30_000
-        assert [r.command for r in node2.requests] == ["ARCHIVE", "RETRIEVE", "STATUS"]
+        assert [r.command for r in node2.requests if not r.probe] == ["ARCHIVE", "RETRIEVE", "STATUS"]
