@@ -357,7 +357,8 @@ def svo_sources(reg: Registry, oids: Sequence[str] | None = None) -> list[dict[s
     rows = reg.execute(
         """
         SELECT c.id AS cube_id, c.oid, c.path, c.filename, c.size, c.date_beg, c.instrument, i.svo_dataset,
-               h.header_text, p.thumbnail_path
+               h.header_text, p.thumbnail_path,
+               ARRAY(SELECT t.tag FROM fits_tags t WHERE t.cube_id = c.id ORDER BY t.kind DESC, t.tag) AS tags
         FROM fits_cubes c
         JOIN fits_instruments i ON i.name = c.instrument
         JOIN fits_headers h ON h.cube_id = c.id

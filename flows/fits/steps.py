@@ -444,12 +444,12 @@ def svo_record(cfg: FitsConfig, source: dict[str, Any], keywords: list[dict]) ->
     from flows.fits.svo import build_record, svo_file_path
 
     header = fits.Header.fromstring(source["header_text"], sep="\n")
-    date_beg = source["date_beg"] or header.get("DATE-BEG") or ""
     return build_record(
         oid=source["oid"], dataset=source["svo_dataset"], header=header, keywords=keywords,
         file_url=cfg.svo.file_url(cfg.science_root, source["path"]),
-        file_path=svo_file_path(date_beg, source["instrument"], source["filename"]),
+        file_path=svo_file_path(source["path"]),
         file_size=source["size"], thumbnail_url=cfg.svo.thumbnail_url(cfg.preview_root, source["thumbnail_path"]),
+        tags=source.get("tags") or (),
     )
 
 
@@ -462,18 +462,24 @@ def submit_to_svo(cfg: FitsConfig, oid: str) -> dict[str, Any]:
         raise UserError(f"cube {oid} has no SVO dataset (its instrument has none configured)")
     source = sources[0]
     dataset = source["svo_dataset"]
+    cfg.svo.require_file_url_base()          # refused before anything is sent
     with cfg.svo.client() as client:
         record_, missing = svo_record(cfg, source, client.keywords(dataset))
         if missing:
             run_logger().info("%s: %d SVO keyword(s) absent from the header: %s", oid, len(missing),
                            ", ".join(missing[:20]))
+        for warning in record_.skipped:
+            run_logger().warning("%s: %s", oid, warning)
         try:
             action = client.submit(record_)
         except (SvoAuthError, SvoRejected) as exc:
             records.record_svo(cfg.registry, oid, dataset, state="failed", action="submit", error=exc.message)
             raise
     records.record_svo(cfg.registry, oid, dataset, state="submitted", action=action)
-    return {"dataset": dataset, "action": action, "oid": oid}
+    out: dict[str, Any] = {"dataset": dataset, "action": action, "oid": oid}
+    if record_.skipped:
+        out["warnings"] = list(record_.skipped)
+    return out
 
 
 # ---------------------------------------------------------------- completion and failure

@@ -5,9 +5,16 @@ service behaves:
 
 - ``Authorization: ApiKey <user>:<key>``; bad credentials are not rejected but
   treated as anonymous, so reads succeed and only writes answer 401.
-- Lists are ``{"meta": {limit, next, offset, previous, total_count}, "objects": [...]}``
-  and ``meta.next`` is a path (with the query) to follow; ``resource_uri`` values are
-  absolute paths on the service host.
+- Lists are ``{"meta": {limit, next, offset, previous, total_count}, "objects": [...]}``;
+  ``resource_uri`` values are absolute paths on the service host. The metadata lists
+  cache ``total_count`` per URL and filters for a day and compute ``meta.next`` from
+  that stale count while ``objects`` is live, so neither is trusted: we page by
+  ``offset`` until a page comes back short or empty.
+- Validation comes before authorisation: an invalid write with a wrong key gets 400,
+  a valid one 401. A 400 therefore says nothing about the key.
+- ``data_location.file_size`` comes back as a string; locations are compared normalised.
+- ``tags`` are sent as ``[{"name": ...}]`` (the service creates unknown ones, names up to
+  30 characters).
 - ``dataset/<name>/`` names its metadata resource (``metadata.resource_uri``);
   ``keyword/?dataset__name=`` lists the dataset's keywords: ``name`` is the record
   field, ``verbose_name`` the FITS keyword, ``type`` one of text/integer/real/
@@ -16,9 +23,13 @@ service behaves:
   one field per keyword, ``data_location`` as a URI or a new object) and updated by
   PATCHing ``<metadata uri><oid>/`` *without* ``oid`` (the service refuses to change it).
 - ``data_location`` is unique per dataset on ``file_url`` and on ``file_path``, and
-  may be shared by several records. Sending the nested object *with* its
-  ``resource_uri`` edits it in place for every record that shares it, so a shared
-  one is never edited: the updated record gets a new data location (split).
+  may be shared by several records. A location describes one *file*: our
+  ``file_path`` is the cube's path under the science root (made safe injectively,
+  ``svo_file_path``) and ``file_url`` is the public base plus that same path, so one
+  determines the other. Editing a location of the same file in place is therefore right
+  for every record sharing it; a record that now names another file points at that
+  file's location if there is one, else edits its own location when no other record uses
+  it, else gets a new one (split), whose URL and path were both checked to be free.
 
 Transient failures (connection errors, 5xx, 429) are retried with exponential
 backoff; a 401 is a configuration error and is not.
@@ -45,6 +56,7 @@ DEFAULT_API_URL = "https://solarnet.oma.be/service/api/svo"
 PAGE_LIMIT = 50
 KNOWN_DATASETS = ("CRISP", "CHROMIS")
 FILE_PATH_FORBIDDEN = '\\:*?"\'<>|\r\n\0'
+TAG_MAX_LENGTH = 30
 _SVO_TYPES = {"text": "text", "integer": "integer", "real": "real", "time (ISO 8601)": "datetime"}
 
 
@@ -82,6 +94,8 @@ class SvoRecord:
     file_size: int
     thumbnail_url: str | None = None
     offline: bool = False
+    tags: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)     # keywords not sent, each with the reason
 
     def location(self, dataset_uri: str) -> dict[str, Any]:
         return {
@@ -102,41 +116,91 @@ class RemoteRecord:
     data_location_uri: str | None = None
 
 
-def svo_file_path(date_beg, instrument: str, filename: str) -> str:
-    """``<date>/<instrument>/<filename>``: where the file lands in an SVO download archive."""
-    day = date_beg.date().isoformat() if hasattr(date_beg, "date") else str(date_beg)[:10]
-    cleaned = "".join(c for c in filename if c not in FILE_PATH_FORBIDDEN)
-    return f"{day}/{instrument}/{cleaned}"
+def svo_file_path(relative_path: str) -> str:
+    """The cube's path under the science root, safe for the SVO: every character it refuses, and
+    ``%`` itself, is percent-encoded, so two different paths never map to one ``file_path``
+    (the service keeps ``file_path`` unique per dataset, as it does ``file_url``)."""
+    text = str(relative_path).strip("/")
+    return "".join(f"%{ord(c):02X}" if c in FILE_PATH_FORBIDDEN or c == "%" else c for c in text)
 
 
-def record_fields(header, keywords: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-    """One JSON value per SVO keyword found in the header; the missing keywords are returned too."""
+def svo_tag(term: str) -> str:
+    """Our vocabulary term as an SVO tag name: the SVO's tags are shared by every dataset and
+    their names are case-sensitive primary keys, so we send one spelling, lower case."""
+    return " ".join(str(term).split()).lower()
+
+
+def _svo_value(value: Any, svo_type: str) -> Any:
+    """A header value as the SVO keyword type wants it; ValueError when no rule converts it."""
+    if value is None or type(value).__name__ == "Undefined":
+        return None
+    if svo_type == "boolean":
+        if isinstance(value, bool):
+            return value
+        raise ValueError("is not a FITS logical (T or F)")
+    if svo_type == "integer":
+        if isinstance(value, bool):
+            raise ValueError("is a logical, not an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value.strip())
+        if isinstance(value, int):
+            return value
+        raise ValueError("is not a whole number")
+    if svo_type in ("real", "time (ISO 8601)", "text"):
+        try:
+            converted = convert(value, Keyword("", "", _SVO_TYPES[svo_type]))
+        except UserError as exc:
+            raise ValueError(f"is not a valid {svo_type} value") from exc
+        return converted.isoformat() if hasattr(converted, "isoformat") else converted
+    raise ValueError(f"has SVO type {svo_type!r}, which we do not know how to send")
+
+
+def record_fields(header, keywords: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """One JSON value per SVO keyword found in the header, typed as the *service* declares the keyword.
+
+    Returns (fields, missing keywords, skipped): a value no clear rule converts (CDELT3 = 0.0035 for
+    an ``integer`` keyword) is left out with the reason, and the rest of the record goes on.
+    """
     fields: dict[str, Any] = {}
     missing: list[str] = []
+    skipped: list[str] = []
     for kw in keywords:
         name, fits_name, svo_type = kw["name"], kw["verbose_name"], kw.get("type", "text")
         if fits_name not in header:
             missing.append(fits_name)
             continue
         value = header[fits_name]
-        if svo_type == "boolean":
-            fields[name] = None if value is None else bool(value)
-            continue
-        spec = Keyword(fits_name, name, _SVO_TYPES.get(svo_type, "text"))
-        converted = convert(value, spec)
-        fields[name] = converted.isoformat() if hasattr(converted, "isoformat") else converted
-    return fields, missing
+        try:
+            fields[name] = _svo_value(value, svo_type)
+        except (ValueError, TypeError, OverflowError) as exc:
+            skipped.append(f"{fits_name} = {value!r} not sent: the SVO keyword {name} is {svo_type} and the "
+                           f"value {exc}")
+    return fields, missing, skipped
 
 
 def build_record(*, oid: str, dataset: str, header, keywords: Iterable[Mapping[str, Any]], file_url: str,
                  file_path: str, file_size: int, thumbnail_url: str | None = None,
-                 offline: bool = False) -> tuple[SvoRecord, list[str]]:
+                 offline: bool = False, tags: Iterable[str] = ()) -> tuple[SvoRecord, list[str]]:
+    """The record and the keywords absent from the header; keywords left out are in ``record.skipped``."""
     bad = [c for c in file_path if c in FILE_PATH_FORBIDDEN]
     if bad or file_path.startswith("/") or file_path.endswith("/"):
         raise UserError(f"SVO file_path {file_path!r} must be relative and avoid the characters \\:*?\"'<>|")
-    fields, missing = record_fields(header, keywords)
+    if not str(file_url).lower().startswith(("http://", "https://", "ftp://")):
+        raise UserError(f"SVO file_url {file_url!r} is not an http, https or ftp URL, which the SVO requires; "
+                        "set file_url_base in the SVO block to the public URL of the science-data root")
+    fields, missing, skipped = record_fields(header, keywords)
+    names: list[str] = []
+    for term in tags:
+        name = svo_tag(term)
+        if len(name) > TAG_MAX_LENGTH:
+            skipped.append(f"tag {term!r} not sent: SVO tag names have at most {TAG_MAX_LENGTH} characters")
+        elif name and name not in names:
+            names.append(name)
     text = header.tostring().strip()
-    return SvoRecord(oid, dataset, text, fields, file_url, file_path, int(file_size), thumbnail_url, offline), missing
+    return SvoRecord(oid, dataset, text, fields, file_url, file_path, int(file_size), thumbnail_url, offline,
+                     tags=names, skipped=skipped), missing
 
 
 # ---------------------------------------------------------------- client
@@ -222,17 +286,28 @@ class SvoClient:
         return None if response.status_code == 404 else response.json()
 
     def iter_objects(self, uri: str, params: Mapping[str, Any] | None = None) -> Iterator[dict]:
-        """Every object of a list resource, page by page through ``meta.next``."""
-        query = {"limit": self.page_limit, **(params or {})}
-        page = self.get(uri, query)
+        """Every object of a list resource, by ``offset`` until a page comes back short or empty.
+
+        ``meta.next`` and ``meta.total_count`` are not trusted: the SVO's metadata lists compute
+        them from a count cached for a day, while the objects are live. An object seen on an
+        earlier page (the list shifted under us) is not yielded twice.
+        """
+        offset = 0
         seen: set[str] = set()
-        while page is not None:
-            yield from page.get("objects", [])
-            nxt = (page.get("meta") or {}).get("next")
-            if not nxt or nxt in seen:
+        while True:
+            page = self.get(uri, {**(params or {}), "limit": self.page_limit, "offset": offset})
+            objects = (page or {}).get("objects") or []
+            for obj in objects:
+                key = obj.get("resource_uri") if isinstance(obj, Mapping) else None
+                if key is not None:
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                yield obj
+            served = (page or {}).get("meta", {}).get("limit") or self.page_limit
+            if not objects or len(objects) < min(self.page_limit, int(served)):
                 return
-            seen.add(nxt)
-            page = self.get(nxt)
+            offset += len(objects)
 
     # ------------------------------------------------------------ resources
 
@@ -262,9 +337,12 @@ class SvoClient:
     def get_metadata(self, dataset: str, oid: str) -> dict | None:
         return self.get(self._detail_uri(dataset, oid))
 
-    def find_data_location(self, dataset: str, file_url: str) -> dict | None:
-        for obj in self.iter_objects("data_location/", {"dataset__name": dataset, "file_url": file_url}):
-            if obj.get("file_url") == file_url:
+    def find_data_location(self, dataset: str, file_url: str | None = None, *,
+                           file_path: str | None = None) -> dict | None:
+        """The dataset's location of this file URL (or, with ``file_path``, of this path)."""
+        key, value = ("file_url", file_url) if file_path is None else ("file_path", file_path)
+        for obj in self.iter_objects("data_location/", {"dataset__name": dataset, key: value}):
+            if obj.get(key) == value:
                 return obj
         return None
 
@@ -288,14 +366,15 @@ class SvoClient:
 
     def create(self, record: SvoRecord) -> dict:
         payload = {"oid": record.oid, "fits_header": record.fits_header, **record.fields,
-                   "data_location": self._location_for_new(record)}
+                   "tags": [{"name": t} for t in record.tags], "data_location": self._location_for_new(record)}
         try:
             response, _ = self._request("POST", self.metadata_uri(record.dataset), json=payload)
         except SvoRejected as exc:
             # A POST that timed out or got a 5xx may have been committed before the retry was refused
-            # as a duplicate: then the record is ours.
+            # as a duplicate. The SVO validates before it authorises, so that 400 is no proof that our
+            # key could write: the record counts as ours only if it holds what we sent.
             existing = self.get_metadata(record.dataset, record.oid) if exc.attempts > 1 else None
-            if existing is None:
+            if existing is None or not _holds(existing, record):
                 raise
             created = existing
         else:
@@ -307,7 +386,8 @@ class SvoClient:
         existing = self.get_metadata(record.dataset, record.oid)
         if existing is None:
             raise SvoRejected(f"the SVO has no {record.dataset} record {record.oid!r} to update", status=404)
-        payload: dict[str, Any] = {"fits_header": record.fits_header, **record.fields}
+        payload: dict[str, Any] = {"fits_header": record.fits_header, **record.fields,
+                                   "tags": [{"name": t} for t in record.tags]}
         location = self._location_for_update(record, existing.get("data_location"))
         if location is not None:
             payload["data_location"] = location
@@ -332,35 +412,39 @@ class SvoClient:
     # ------------------------------------------------------------ data locations
 
     def _location_for_new(self, record: SvoRecord) -> str | dict[str, Any]:
-        existing = self.find_data_location(record.dataset, record.file_url)
-        if existing is not None:
-            return existing["resource_uri"]
-        return record.location(self.dataset(record.dataset)["resource_uri"])
+        desired = record.location(self.dataset(record.dataset)["resource_uri"])
+        for found in (self.find_data_location(record.dataset, record.file_url),
+                      self.find_data_location(record.dataset, file_path=record.file_path)):
+            if found is not None:
+                # This file already has a location (the same path means the same file, perhaps under a
+                # new URL): share it, corrected if it is out of date.
+                return found["resource_uri"] if same_location(found, desired) else \
+                    {**desired, "resource_uri": found["resource_uri"]}
+        return desired
 
     def _location_for_update(self, record: SvoRecord, current: Any) -> str | dict[str, Any] | None:
-        """None when the record's data location is already right; else a URI or a nested object."""
-        if current is None:
-            return self._location_for_new(record)
+        """None when the record's data location is already right; else a URI or a nested object.
+
+        A location describes a file, and ``file_path`` and ``file_url`` each name it (both come from
+        the cube's path under the science root), so: the file's own location is used (edited in place
+        when out of date, shared or not); failing that, the record's current location is moved to the
+        file when no other record uses it; otherwise the record gets a new one (split) under a URL and
+        a path that were both just found free.
+        """
         if isinstance(current, str):
             current = self.get(current) or {}
         desired = record.location(self.dataset(record.dataset)["resource_uri"])
-        if all(current.get(k) == desired[k] for k in ("file_url", "file_size", "file_path", "thumbnail_url",
-                                                       "offline")):
+        if current and same_location(current, desired):
             return None
-        current_uri = current.get("resource_uri")
-        same_file = current.get("file_url") == desired["file_url"]
-        other = None if same_file else self.find_data_location(record.dataset, desired["file_url"])
-        if other is not None:
-            return other["resource_uri"]            # that file already has a location: point at it
-        if current_uri and self._shared(current_uri, record.dataset, record.oid):
-            if same_file:
-                # A new location for the same URL would break (dataset, file_url) uniqueness,
-                # and editing it would change the other records: leave it alone.
-                log.warning("data location %s of %s is shared and names the same file; not edited",
-                            current_uri, record.oid)
-                return None
-            return desired                          # split: a new location for this record only
-        return {**desired, "resource_uri": current_uri}   # ours alone: edit in place
+        current_uri = (current or {}).get("resource_uri")
+        if current and current.get("file_url") == desired["file_url"]:
+            return {**desired, "resource_uri": current_uri}
+        found = self._location_for_new(record)
+        if not isinstance(found, dict) or found.get("resource_uri"):
+            return found                            # that file's own location
+        if current_uri and not self._shared(current_uri, record.dataset, record.oid):
+            return {**desired, "resource_uri": current_uri}   # ours alone: move it to the new file
+        return desired                              # split: a new location, its URL and path free
 
     def _shared(self, dl_uri: str, dataset: str, oid: str) -> bool:
         for name in self.shared_scope:
@@ -459,6 +543,32 @@ def apply_plan(client: SvoClient, plan: SyncPlan, dry_run: bool = False) -> Sync
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _norm_location(location: Mapping[str, Any]) -> tuple:
+    """What a location says, normalised: the SVO returns ``file_size`` as a string, may leave out or
+    blank an empty ``thumbnail_url``, and writes booleans as it likes."""
+    try:
+        size = int(str(location.get("file_size")).strip())
+    except ValueError:
+        size = location.get("file_size")
+    offline = location.get("offline")
+    if isinstance(offline, str):
+        offline = offline.strip().lower() in ("true", "1", "t")
+    return (location.get("file_url"), size, location.get("file_path"), location.get("thumbnail_url") or None,
+            bool(offline))
+
+
+def same_location(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return _norm_location(a) == _norm_location(b)
+
+
+def _holds(existing: Mapping[str, Any], record: SvoRecord) -> bool:
+    """Does the SVO's record hold what we sent (so a refused retry of our POST was our own commit)?"""
+    location = existing.get("data_location")
+    url = location.get("file_url") if isinstance(location, Mapping) else None
+    return (str(existing.get("fits_header") or "").strip() == record.fits_header.strip()
+            and url == record.file_url)
 
 
 def _dl_uri(value: Any) -> str | None:

@@ -19,7 +19,10 @@ from tasks.prefect_support import ingest_task
 
 
 def local_records(cfg: FitsConfig, client: Any, datasets: list[str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """oid → SvoRecord for every recorded cube in our datasets; cubes whose record cannot be built are listed."""
+    """oid → SvoRecord for every recorded cube in our datasets; cubes whose record cannot be built are listed.
+
+    Keywords a record leaves out (a value the service's keyword type cannot take) are in ``record.skipped``.
+    """
     out: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []
     for source in records.svo_sources(cfg.registry):
@@ -85,6 +88,7 @@ def sync_with_svo(dry_run: bool = False, update_existing: bool = False, config_b
     log = get_run_logger()
     cfg = load_config(config_block, science_root=science_root)
     try:
+        cfg.svo.require_file_url_base()       # every record needs an http(s) file_url: refuse now, not per record
         datasets = list(cfg.svo.datasets)
         with cfg.svo.client() as client:
             local, problems = load_local(cfg, client, datasets)
@@ -95,6 +99,9 @@ def sync_with_svo(dry_run: bool = False, update_existing: bool = False, config_b
                 log.info("%s%s", "[dry-run] " if dry_run else "", line)
             for oid, message in problems:
                 log.warning("no SVO record for %s: %s", oid, message)
+            warnings = [{"oid": oid, "warning": w} for oid, record in sorted(local.items()) for w in record.skipped]
+            for item in warnings:
+                log.warning("%s: %s", item["oid"], item["warning"])
             report = apply_task(client, plan, dry_run)
         if not dry_run:
             record_task(cfg, plan, report)
@@ -106,6 +113,7 @@ def sync_with_svo(dry_run: bool = False, update_existing: bool = False, config_b
             "updated": report.updated if not dry_run else [],
             "failed": [{"oid": o, "action": a, "error": m} for o, a, m in report.failed],
             "unbuildable": [{"oid": o, "error": m} for o, m in problems],
+            "warnings": warnings,
         }
         ingest_report("fits", "svo-sync-dry-run" if dry_run else "svo-sync", {k: v for k, v in summary.items()
                                                                                 if k != "plan"})

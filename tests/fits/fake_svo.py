@@ -4,10 +4,23 @@ Rules it keeps, as the real service has them (bmampaey/SOLARNET-service):
 
 - ``ApiKeyOrAnonymousAuthentication``: ``Authorization: ApiKey user:key``; wrong or
   missing credentials make the request anonymous, so reads work and writes get 401.
+- Validation comes before authorisation (tastypie's ``save`` runs ``is_valid`` first):
+  an invalid write from an anonymous client gets 400, a valid one 401 (empty body);
+  a DELETE or PATCH of an unknown oid is 404 before either.
 - List responses ``{"meta": {limit, next, offset, previous, total_count}, "objects": [...]}``;
   default limit 20, ``limit=0`` means the resource's max (metadata 100, data_location
-  1000, none for dataset/keyword); ``next``/``previous`` and every ``resource_uri`` are
-  absolute paths; the oid in a URI is quoted as Django's ``reverse`` does.
+  1000, none for dataset/keyword/tag); ``next``/``previous`` and every ``resource_uri`` are
+  absolute paths; the oid in a URI is quoted as Django's ``reverse`` does. ``previous``
+  is null while ``offset < limit`` (tastypie's ``Paginator.get_previous``).
+- Metadata lists use the SVO's ``CachedPaginator``: ``total_count`` is cached per URL and
+  filters (``limit``/``offset`` excluded) for 24 hours, ``meta.next`` is computed from that
+  stale count, while ``objects`` is the live slice. A client that trusts ``next`` misses
+  records added since the count was cached, and sees empty pages after deletions.
+- ``data_location.file_size`` is a ``PositiveBigIntegerField``, which tastypie 0.14 does not
+  know: it is serialised as a string (``"757440"``); a number or a digit string is accepted.
+- ``tags``: a list of ``{"name": ...}`` (created when new; name at most 30 characters) or tag
+  resource URIs (must exist); rendered as ``[{"name", "resource_uri"}]``; a PATCH without
+  ``tags`` keeps them.
 - ``dataset/<name>/`` carries ``metadata: {resource_uri, count}``.
 - Metadata: POST creates (201 + body, duplicate oid → 400), PATCH updates (202 + body;
   a body containing ``oid`` → 400 "cannot be modified"), DELETE → 204, unknown oid → 404.
@@ -17,7 +30,7 @@ Rules it keeps, as the real service has them (bmampaey/SOLARNET-service):
 - Data locations are unique on (dataset, file_url) and (dataset, file_path); ``file_path``
   must be relative and avoid ``\\:*?"'<>|`` and CR/LF/NUL.
 
-Fault switch: ``fail_next(n, status=500, methods=None)`` answers the next n requests (of those
+Test controls: ``expire_count_cache()`` (the 24 hours passed); fault switch: ``fail_next(n, status=500, methods=None)`` answers the next n requests (of those
 methods) with ``status``; ``after_commit=True`` processes them first (a reply lost after the write).
 """
 from __future__ import annotations
@@ -25,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,7 +64,10 @@ DEFAULT_KEYWORDS: list[tuple[str, str, str]] = [
     ("naxis4", "NAXIS4", "integer"), ("naxis5", "NAXIS5", "integer"), ("release", "RELEASE", "text"),
     ("releasec", "RELEASEC", "text"), ("observer", "OBSERVER", "text"), ("cdelt1", "CDELT1", "integer"),
     ("dw3_axis_1", "DW3.AXIS.1", "real"), ("scannum", "SCANNUM", "integer"),
+    ("cdelt3", "CDELT3", "integer"), ("crval3", "CRVAL3", "integer"),   # integers in the real schemas
 ]
+COUNT_CACHE_SECONDS = 24 * 3600
+TAG_MAX_LENGTH = 30
 
 
 @dataclass
@@ -76,6 +93,7 @@ class _State:
     keywords: dict[str, list[dict]] = field(default_factory=dict)
     data_locations: dict[int, dict] = field(default_factory=dict)
     metadata: dict[str, dict[str, dict]] = field(default_factory=dict)   # dataset → oid → record
+    tags: set[str] = field(default_factory=set)
     next_dl_id: int = 1
     next_kw_id: int = 1
 
@@ -95,6 +113,8 @@ class FakeSvo:
         self.lock = threading.RLock()
         self.faults: list[Fault] = []
         self.requests: list[RequestRecord] = []
+        self.count_cache: dict[str, tuple[float, int]] = {}   # CachedPaginator: key → (stored at, count)
+        self.clock = time.time
         for name in datasets:
             self._add_dataset(name, keywords or DEFAULT_KEYWORDS)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -137,6 +157,11 @@ class FakeSvo:
         with self.lock:
             self.faults.append(Fault(status, count, after_commit, frozenset(methods) if methods else None))
 
+    def expire_count_cache(self) -> None:
+        """The cached list counts expire (a day has passed)."""
+        with self.lock:
+            self.count_cache.clear()
+
     def writes(self) -> list[RequestRecord]:
         return [r for r in self.requests if r.method in ("POST", "PATCH", "PUT", "DELETE")]
 
@@ -147,10 +172,12 @@ class FakeSvo:
                                     "file_path": file_path, "file_size": file_size,
                                     "thumbnail_url": thumbnail_url, "offline": offline})
 
-    def add_metadata(self, dataset: str, oid: str, data_location: dict | None = None, **fields: Any) -> dict:
+    def add_metadata(self, dataset: str, oid: str, data_location: dict | None = None, tags: tuple[str, ...] = (),
+                     **fields: Any) -> dict:
         with self.lock:
+            self.state.tags.update(tags)
             record = {"oid": oid, "fits_header": fields.pop("fits_header", ""), **fields,
-                      "data_location_id": data_location["id"] if data_location else None, "tags": []}
+                      "data_location_id": data_location["id"] if data_location else None, "tags": list(tags)}
             self.state.metadata[dataset][oid] = record
             return self._render_metadata(dataset, record)
 
@@ -192,13 +219,18 @@ class FakeSvo:
             "resource_uri": self._dataset_uri(name)}
 
     def _render_dl(self, dl: dict) -> dict:
-        return {**dl, "resource_uri": f"{PREFIX}/data_location/{dl['id']}/"}
+        # tastypie 0.14 has no field class for PositiveBigIntegerField: the size leaves as a string.
+        return {**dl, "file_size": str(dl["file_size"]), "resource_uri": f"{PREFIX}/data_location/{dl['id']}/"}
+
+    def _render_tag(self, name: str) -> dict:
+        return {"name": name, "resource_uri": f"{PREFIX}/tag/{quote(name, safe=DJANGO_SAFE)}/"}
 
     def _render_metadata(self, dataset: str, record: dict) -> dict:
         out = {k: v for k, v in record.items() if k != "data_location_id"}
         dl_id = record.get("data_location_id")
         out["data_location"] = self._render_dl(self.state.data_locations[dl_id]) if dl_id in \
             self.state.data_locations else None
+        out["tags"] = [self._render_tag(t) for t in sorted(record.get("tags") or [])]
         out["resource_uri"] = f"{self._metadata_uri(dataset)}{quote(record['oid'], safe=DJANGO_SAFE)}/"
         return out
 
@@ -237,7 +269,11 @@ class FakeSvo:
         if not isinstance(url, str) or not url.startswith(("http://", "https://", "ftp://")):
             errors.setdefault("file_url", []).append("Enter a valid URL.")
         size = values.get("file_size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        if isinstance(size, str) and size.strip().isdigit():
+            size = values["file_size"] = int(size)             # Django's IntegerField takes digit strings
+        if isinstance(size, bool) or not isinstance(size, int):
+            errors.setdefault("file_size", []).append("Enter a whole number.")
+        elif size < 0:
             errors.setdefault("file_size", []).append("Ensure this value is greater than or equal to 0.")
         path = values.get("file_path")
         if not isinstance(path, str) or not path:
@@ -269,17 +305,30 @@ class FakeSvo:
             raise HttpError(400, {"data_location": errors})
         return values
 
-    def _create_dl(self, values: dict) -> dict:
+    @staticmethod
+    def _clean_dl(values: dict) -> dict:
         clean = {k: values.get(k) for k in ("dataset", "file_url", "file_size", "file_path", "thumbnail_url")}
         clean["offline"] = values.get("offline", False)
-        self._validate_dl(clean, None)
+        return clean
+
+    def _store_dl(self, clean: dict) -> dict:
         dl = {"id": self.state.next_dl_id, **clean, "update_time": _now()}
         self.state.next_dl_id += 1
         self.state.data_locations[dl["id"]] = dl
         return self._render_dl(dl)
 
+    def _create_dl(self, values: dict) -> dict:
+        clean = self._clean_dl(values)
+        self._validate_dl(clean, None)
+        return self._store_dl(clean)
+
     def _resolve_dl(self, value: Any, pending: list) -> int | None:
-        """Validate a metadata body's data_location; writes are queued in ``pending`` until all is valid."""
+        """Resolve a metadata body's data_location; writes are queued in ``pending``.
+
+        A URI that names nothing is refused here (tastypie's ``full_hydrate``, before validation and
+        authorisation); a nested object is validated by ``_validate_pending`` after authorisation, as
+        tastypie's ``save_related`` does.
+        """
         if value is None:
             return None
         if isinstance(value, str):
@@ -290,16 +339,16 @@ class FakeSvo:
             dl = self._dl_by_uri(value["resource_uri"])
             merged = {**dl, **{k: v for k, v in value.items() if k in
                                ("dataset", "file_url", "file_size", "file_path", "thumbnail_url", "offline")}}
-            self._validate_dl(merged, dl["id"])
             pending.append(("update", dl["id"], merged))
             return dl["id"]
-        values = {k: value.get(k) for k in ("dataset", "file_url", "file_size", "file_path", "thumbnail_url")}
-        values["offline"] = value.get("offline", False)
-        self._validate_dl(values, None)
         new_id = self.state.next_dl_id
         self.state.next_dl_id += 1
-        pending.append(("create", new_id, values))
+        pending.append(("create", new_id, self._clean_dl(value)))
         return new_id
+
+    def _validate_pending(self, pending: list) -> None:
+        for action, dl_id, values in pending:
+            self._validate_dl(values, dl_id if action == "update" else None)
 
     def _commit(self, pending: list) -> None:
         for action, dl_id, values in pending:
@@ -374,8 +423,6 @@ class FakeSvo:
         if segments[-1] != "":
             raise HttpError(404)                          # Tastypie URLs end with a slash
         segments = segments[:-1]
-        if method != "GET" and user is None:
-            raise HttpError(401, "")
         if segments == ["dataset"] and method == "GET":
             return 200, self._list(sorted(self.state.datasets), self._render_dataset, path, query, None,
                                    {"name": lambda n, v: n == v}), {}
@@ -388,16 +435,31 @@ class FakeSvo:
             return 200, self._list(rows, dict, path, query, None, {
                 "dataset__name": lambda k, v: self._dataset_by_uri(k["dataset"]) == v,
                 "name": lambda k, v: k["name"] == v}), {}
+        if segments == ["tag"] and method == "GET":
+            return 200, self._list(sorted(self.state.tags), self._render_tag, path, query, None,
+                                   {"name": lambda t, v: t == v}), {}
+        if len(segments) == 2 and segments[0] == "tag" and method == "GET":
+            if segments[1] not in self.state.tags:
+                raise HttpError(404, "")
+            return 200, self._render_tag(segments[1]), {}
+        if method not in ("GET", "POST", "PATCH", "DELETE"):
+            raise HttpError(405, "")
         if segments[:1] == ["data_location"]:
-            return self._data_location(method, segments[1:], path, query, data)
+            return self._data_location(method, segments[1:], path, query, data, user)
         if segments[:1] == ["metadata"] and len(segments) in (2, 3):
             dataset = self._dataset_by_resource(segments[1])
             if len(segments) == 2:
-                return self._metadata_list(method, dataset, path, query, data)
-            return self._metadata_detail(method, dataset, segments[2], data)
+                return self._metadata_list(method, dataset, path, query, data, user)
+            return self._metadata_detail(method, dataset, segments[2], data, user)
         raise HttpError(404, "")
 
-    def _data_location(self, method: str, rest: list[str], path: str, query: dict, data: Any):
+    @staticmethod
+    def _authorize(user: str | None) -> None:
+        """tastypie's ``authorized_*_detail``: reached only after the data was found valid."""
+        if user is None:
+            raise HttpError(401, "")
+
+    def _data_location(self, method: str, rest: list[str], path: str, query: dict, data: Any, user: str | None):
         if not rest:
             if method == "GET":
                 rows = list(self.state.data_locations.values())
@@ -406,7 +468,10 @@ class FakeSvo:
                     "file_url": lambda d, v: d["file_url"] == v,
                     "file_path": lambda d, v: d["file_path"] == v}), {}
             if method == "POST":
-                created = self._create_dl(data if isinstance(data, dict) else {})
+                values = self._clean_dl(data if isinstance(data, dict) else {})
+                self._validate_dl(values, None)
+                self._authorize(user)
+                created = self._store_dl(values)
                 return 201, created, {"Location": created["resource_uri"]}
             raise HttpError(405, "")
         if len(rest) != 1 or not rest[0].isdigit() or int(rest[0]) not in self.state.data_locations:
@@ -415,11 +480,13 @@ class FakeSvo:
         if method == "GET":
             return 200, self._render_dl(dl), {}
         if method == "PATCH":
-            merged = {**dl, **{k: v for k, v in (data or {}).items() if k in dl}}
+            merged = {**dl, **{k: v for k, v in (data or {}).items() if k in dl and k != "id"}}
             self._validate_dl(merged, dl["id"])
+            self._authorize(user)
             dl.update(merged, update_time=_now())
             return 202, self._render_dl(dl), {}
         if method == "DELETE":
+            self._authorize(user)
             for ds in self.state.metadata.values():
                 for record in ds.values():
                     if record.get("data_location_id") == dl["id"]:
@@ -428,12 +495,35 @@ class FakeSvo:
             return 204, None, {}
         raise HttpError(405, "")
 
-    def _metadata_list(self, method: str, dataset: str, path: str, query: dict, data: Any):
+    def _resolve_tags(self, value: Any, resource: str) -> list[str]:
+        """A metadata body's ``tags``: objects with a name (new ones are created) or URIs of existing tags."""
+        if not isinstance(value, list):
+            raise HttpError(400, {resource: {"tags": ["Expected a list of tags."]}})
+        names: list[str] = []
+        for item in value:
+            if isinstance(item, str):
+                path = unquote(urlsplit(item).path)
+                prefix = f"{PREFIX}/tag/"
+                name = path[len(prefix):-1] if path.startswith(prefix) and path.endswith("/") else None
+                if name is None or name not in self.state.tags:
+                    raise HttpError(400, {"error": f"Could not find the provided object via resource URI '{item}'."})
+            elif isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"].strip():
+                name = item["name"]
+                if len(name) > TAG_MAX_LENGTH:
+                    raise HttpError(400, {"tag": {"name": [f"Ensure this value has at most {TAG_MAX_LENGTH} "
+                                                           f"characters (it has {len(name)})."]}})
+            else:
+                raise HttpError(400, {"tag": {"name": ["This field is required."]}})
+            if name not in names:
+                names.append(name)
+        return names
+
+    def _metadata_list(self, method: str, dataset: str, path: str, query: dict, data: Any, user: str | None):
         records = self.state.metadata[dataset]
         if method == "GET":
             rows = list(records.values())
             return 200, self._list(rows, lambda r: self._render_metadata(dataset, r), path, query, 100, {
-                "oid": lambda r, v: r["oid"] == v}), {}
+                "oid": lambda r, v: r["oid"] == v}, cached_count=True), {}
         if method != "POST":
             raise HttpError(405, "")
         if not isinstance(data, dict):
@@ -448,16 +538,20 @@ class FakeSvo:
             raise HttpError(400, {resource: {"oid": [f"{dataset} metadata with this Observation ID already exists."]}})
         clean = self._validate_fields(dataset, {k: v for k, v in data.items()
                                                 if k not in ("oid", "data_location", "tags", "resource_uri")})
+        tags = self._resolve_tags(data["tags"], resource) if "tags" in data else []
         pending: list = []
         dl_id = self._resolve_dl(data.get("data_location"), pending)
+        self._authorize(user)
+        self._validate_pending(pending)
         self._commit(pending)
+        self.state.tags.update(tags)
         record = {"oid": oid, "fits_header": clean.pop("fits_header", ""), **clean, "data_location_id": dl_id,
-                  "tags": []}
+                  "tags": tags}
         records[oid] = record
         rendered = self._render_metadata(dataset, record)
         return 201, rendered, {"Location": rendered["resource_uri"]}
 
-    def _metadata_detail(self, method: str, dataset: str, oid: str, data: Any):
+    def _metadata_detail(self, method: str, dataset: str, oid: str, data: Any, user: str | None):
         records = self.state.metadata[dataset]
         record = records.get(oid)
         if record is None:
@@ -465,6 +559,7 @@ class FakeSvo:
         if method == "GET":
             return 200, self._render_metadata(dataset, record), {}
         if method == "DELETE":
+            self._authorize(user)
             del records[oid]
             return 204, None, {}
         if method != "PATCH":
@@ -476,16 +571,32 @@ class FakeSvo:
             raise HttpError(400, {resource: {"oid": ["The value cannot be modified once it has been set"]}})
         clean = self._validate_fields(dataset, {k: v for k, v in data.items()
                                                 if k not in ("data_location", "tags", "resource_uri")})
+        tags = self._resolve_tags(data["tags"], resource) if "tags" in data else record.get("tags") or []
         pending: list = []
         if "data_location" in data:
             dl_id = self._resolve_dl(data["data_location"], pending)
         else:
             dl_id = record.get("data_location_id")
+        self._authorize(user)
+        self._validate_pending(pending)
         self._commit(pending)
-        record.update(clean, data_location_id=dl_id)
+        self.state.tags.update(tags)
+        record.update(clean, data_location_id=dl_id, tags=tags)
         return 202, self._render_metadata(dataset, record), {}
 
-    def _list(self, rows: list, render, path: str, query: dict, max_limit: int | None, filters: dict) -> dict:
+    def _count(self, path: str, query: dict, rows: list, cached: bool) -> int:
+        """tastypie counts live; the SVO's CachedPaginator keeps the first count per URL and filters a day."""
+        if not cached:
+            return len(rows)
+        key = path + "?" + urlencode(sorted((k, v) for k, v in query.items() if k not in ("limit", "offset")))
+        now = self.clock()
+        hit = self.count_cache.get(key)
+        if hit is None or now - hit[0] > COUNT_CACHE_SECONDS:
+            hit = self.count_cache[key] = (now, len(rows))
+        return hit[1]
+
+    def _list(self, rows: list, render, path: str, query: dict, max_limit: int | None, filters: dict,
+              cached_count: bool = False) -> dict:
         for key, value in query.items():
             if key in filters:
                 rows = [r for r in rows if filters[key](r, value)]
@@ -500,8 +611,8 @@ class FakeSvo:
             limit = max_limit or max(len(rows), 1)
         if max_limit is not None:
             limit = min(limit, max_limit)
-        total = len(rows)
-        page = rows[offset:offset + limit]
+        total = self._count(path, query, rows, cached_count)
+        page = rows[offset:offset + limit]                      # the objects are always live
         base = {k: v for k, v in query.items() if k not in ("limit", "offset")}
 
         def link(new_offset: int) -> str:
@@ -509,7 +620,7 @@ class FakeSvo:
 
         return {"meta": {"limit": limit, "offset": offset, "total_count": total,
                          "next": link(offset + limit) if offset + limit < total else None,
-                         "previous": link(max(offset - limit, 0)) if offset > 0 else None},
+                         "previous": link(offset - limit) if offset - limit >= 0 else None},
                 "objects": [render(r) for r in page]}
 
 

@@ -37,14 +37,16 @@ def test_ingest_with_svo_creates_then_updates_the_record(svo_env, fake_svo: Fake
     assert remote["releasec"].endswith("uses these data") and remote["fits_header"].startswith("SIMPLE  =")
     location = remote["data_location"]
     assert location["file_url"] == f"{DATA_URL}/{svo_env.rel(cube)}"
-    assert location["file_path"] == "2019-04-16/CRISP/" + cube.name.replace(":", "")
-    assert location["file_size"] == cube.stat().st_size
+    assert location["file_path"] == "2019-04-16/CRISP/" + cube.name.replace(":", "%3A")
+    assert location["file_size"] == str(cube.stat().st_size)           # the SVO returns it as a string
+    assert [t["name"] for t in remote["tags"]] == ["flare", "polar region", "sunspot"]
     assert _states(svo_env) == {oid: ("submitted", "created")}
 
     code, again = svo_env.run(cube, submit_to_svo=True)          # unchanged cube: skipped, record updated
     assert code == 0 and again["state"] == "skipped" and again["svo"]["action"] == "updated"
     patches = [w for w in fake_svo.writes() if w.method == "PATCH"]
     assert len(patches) == 1 and "oid" not in patches[0].body
+    assert "data_location" not in patches[0].body                       # unchanged: not rewritten
     assert _states(svo_env) == {oid: ("submitted", "updated")}
     assert len(fake_svo.state.metadata["CRISP"]) == 1 and len(fake_svo.state.data_locations) == 1
 
@@ -103,3 +105,34 @@ def test_bad_credentials_fail_clearly_and_change_nothing(svo_env, fake_svo: Fake
     code, sync = svo_env.cli(capsys, "svo-sync")
     assert code == 1 and "HTTP 401" in sync["error"]
     assert fake_svo.state.metadata["CRISP"] == {}                       # reads worked, no write got through
+
+
+def test_sync_pages_past_fifty_records_across_two_syncs(svo_env, fake_svo: FakeSvo, capsys):
+    """The SVO caches a list's total_count for a day and computes meta.next from it; objects are live.
+    The first sync caches a count of 31; by the second, 60 more records exist that only the SVO has."""
+    svo_env.cube("2019-04-16/CRISP")
+    svo_env.cube("reduced", spec=CubeSpec(date_beg="2019-04-16T09:00:00.5"))
+    svo_env.cube("elsewhere", filename="cube.fits", spec=CubeSpec(date_beg="2019-04-16T10:00:00.5"))
+    svo_env.cube("2019-04-16/CRISP", filename="cube.fits", spec=CubeSpec(date_beg="2019-04-16T11:00:00.5"))
+    code, summary = svo_env.cli(capsys, "fits-dir", ".", "--no-previews")
+    assert code == 0 and summary["counts"]["ingested"] == 4, summary
+    oids = sorted(r["oid"] for r in summary["results"])
+    for i in range(31):
+        fake_svo.add_metadata("CRISP", f"2000-01-01T00:00:{i:02d}_6173_0")
+
+    code, first = svo_env.cli(capsys, "svo-sync")
+    assert code == 0, first
+    assert len(first["deleted"]) == 31 and first["submitted"] == oids and first["failed"] == []
+    # two files called cube.fits in two directories: two locations, no (dataset, file_path) clash
+    paths = sorted(dl["file_path"] for dl in fake_svo.state.data_locations.values())
+    assert "2019-04-16/CRISP/cube.fits" in paths and "elsewhere/cube.fits" in paths
+
+    late = [f"2001-01-01T00:{i // 60:02d}:{i % 60:02d}_6173_0" for i in range(60)]
+    for oid in late:
+        fake_svo.add_metadata("CRISP", oid)
+    code, second = svo_env.cli(capsys, "svo-sync")
+    assert code == 0, second
+    assert second["remote"] == 64 and second["deleted"] == late and second["submitted"] == []
+    assert sorted(fake_svo.state.metadata["CRISP"]) == oids
+    listed = [r for r in fake_svo.requests if r.path.endswith("/metadata/crisp/") and r.method == "GET"]
+    assert listed and all("offset" in r.query for r in listed)
