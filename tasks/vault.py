@@ -46,12 +46,24 @@ from tasks.staging import check_relative_name, confine
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".vault-tmp-"  # reserved: no key segment may start with it, list() never returns it
+TEMP_NAME_CHARS = 100  # of the key's last segment kept in a temporary's name (NAME_MAX is 255)
 MAX_KEY_BYTES = 1024  # S3's limit; enforced on disk too so keys stay portable
 MAX_SEGMENT_BYTES = 255  # NAME_MAX on every filesystem we run on
 S3_MIN_PART = 5 << 20  # S3 (and moto) refuse smaller non-last parts
 S3_MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 8 << 20  # as boto3; with 8 in flight, 64 MiB per put whatever the object size
 DEFAULT_CONCURRENCY = 8
+
+
+def temp_name(key_name: str) -> str:
+    """A filesystem put's temporary: ``.vault-tmp-<32 hex>-<key name>``. The key's name lets the next
+    attempt at the same key find what a killed put left (``is_temp_of``) without touching other puts'."""
+    return f"{TEMP_PREFIX}{uuid.uuid4().hex}-{key_name[:TEMP_NAME_CHARS]}"
+
+
+def is_temp_of(name: str, key_name: str) -> bool:
+    """Whether ``name`` (a directory entry) is a temporary of a put to a key whose last segment is ``key_name``."""
+    return name.startswith(TEMP_PREFIX) and name[len(TEMP_PREFIX) + 33:] == key_name[:TEMP_NAME_CHARS]
 
 
 class VaultError(Exception):
@@ -309,7 +321,7 @@ class FilesystemVault(Vault):
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         hasher = MultiHasher(sorted(set(_algorithms(algorithms)) | set(expect or ())))
-        tmp = final.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        tmp = final.parent / temp_name(final.name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             _pump(stream, hasher, lambda block: _write_all(fd, block), size_hint=size_hint)

@@ -38,7 +38,7 @@ def choose_work_item(cfg: Any, obj: Any) -> tuple[str, int | None, str]:
     from flows.apt.scan import INGEST, REFUSE, consider
 
     bag = parse_bag_name(obj.key, obj.institution)
-    latest = records.latest_work_item(cfg.registry, obj.institution, bag.name, obj.etag)
+    latest = records.latest_work_item(cfg.registry, obj.institution, bag.name, obj.etag, tar_name=obj.key)
     if latest is not None:
         status = latest["status"]
         if status in records.UNFINISHED or (status == records.FAILED and latest["error_kind"] == "system"):
@@ -63,7 +63,7 @@ def choose_work_item(cfg: Any, obj: Any) -> tuple[str, int | None, str]:
 def run_bag(tar: str | Path, *, institution: str | None = None, config_block: str = "default",
             via_scan: bool = False) -> tuple[int, dict[str, Any]]:
     """Put the tar into the institution's receiving area and ingest it; (exit code, summary)."""
-    from flows.apt import steps
+    from flows.apt import records, steps
     from flows.apt.config import load_config
     from flows.apt.flow import ingest_apt_bag
     from flows.apt.names import parse_bag_name
@@ -88,9 +88,7 @@ def run_bag(tar: str | Path, *, institution: str | None = None, config_block: st
         if via_scan:
             with local_run():
                 scan_receiving_buckets(config_block=config_block, institutions=[bag.institution])
-            from flows.apt import records
-
-            row = records.latest_work_item(cfg.registry, bag.institution, bag.name, obj.etag)
+            row = records.latest_work_item(cfg.registry, bag.institution, bag.name, obj.etag, tar_name=obj.key)
             if row is None:
                 return EXIT_SYSTEM_ERROR, {"bag": tar.name, "status": None, "errors": ["the scan queued nothing"]}
             out = steps.summary(cfg, row["id"])
@@ -102,6 +100,13 @@ def run_bag(tar: str | Path, *, institution: str | None = None, config_block: st
             current = cfg.receiving.stat(obj.bucket, obj.key)
             if current is not None and current.etag == obj.etag:
                 cfg.receiving.delete(obj.bucket, obj.key)  # we just put it there; nothing will ingest it
+            row = records.get_work_item(cfg.registry, work_item_id)
+            if steps.status_never_sent(row):  # the run died between finishing and telling: tell now
+                from blocks.broker import BrokerBlock
+                from blocks.register import load_block
+
+                steps.send_status(cfg, load_block(BrokerBlock, config_block).transport(), work_item_id, "success")
+                why += "; its status message had never been sent and was sent now"
             return EXIT_COMPLETED, {**steps.summary(cfg, work_item_id), "message": why}
         if action == "refused":
             return EXIT_USER_ERROR, {**steps.summary(cfg, work_item_id), "errors": [why]}

@@ -43,7 +43,7 @@ class BagName:
     @property
     def directory(self) -> str:
         """The directory the tar must untar to: the tar name minus ``.tar`` (multipart suffix kept)."""
-        return self.tar_name[: -len(TAR_SUFFIX)] if self.tar_name.endswith(TAR_SUFFIX) else self.tar_name
+        return self.tar_name.removesuffix(TAR_SUFFIX)
 
     @property
     def identifier(self) -> str:

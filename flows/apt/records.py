@@ -42,12 +42,16 @@ def get_work_item(reg: Registry, work_item_id: int) -> dict[str, Any] | None:
 
 
 def latest_work_item(reg: Registry, institution: str, bag_name: str, etag: str | None = None,
-                     conn: Any = None) -> dict[str, Any] | None:
+                     conn: Any = None, *, tar_name: str | None = None) -> dict[str, Any] | None:
+    """Newest item of the bag; with ``tar_name``, of that upload key only (one part of a multipart bag)."""
     sql = "SELECT * FROM apt_work_items WHERE institution = %s AND bag_name = %s"
     params: list[Any] = [institution, bag_name]
     if etag is not None:
         sql += " AND etag = %s"
         params.append(etag)
+    if tar_name is not None:
+        sql += " AND tar_name = %s"
+        params.append(tar_name)
     sql += " ORDER BY id DESC LIMIT 1"
     rows = (conn.execute(sql, params).fetchall() if conn is not None else reg.execute(sql, params))
     return rows[0] if rows else None
@@ -97,6 +101,45 @@ def flag_stale(reg: Registry, hours: float) -> list[int]:
         "WHERE status = 'Started' AND NOT needs_admin_review AND updated_at < now() - make_interval(secs => %s) "
         "RETURNING id", (hours, hours * 3600))
     return [r["id"] for r in rows]
+
+
+# ------------------------------------------------------------------ one run per object
+
+def claim_object(reg: Registry, identifier: str, *, timeout: float | None = None) -> float:
+    """Hold the object's claim (tasks/claims: domain ``apt``, the object identifier) on ``reg``'s
+    connection until it closes; returns the seconds spent waiting for another run.
+
+    One run per object at a time: two runs of one work item, or two parts of one multipart
+    object, never store or record at once (two parts both carry bag-info.txt, under the same
+    UUID). PostgreSQL drops the lock with the connection, so a killed holder never blocks the
+    next attempt; re-taking it in the same run (a retried task) is harmless.
+    """
+    from tasks.claims import claim
+
+    return claim(reg, DOMAIN, identifier, timeout=timeout).waited
+
+
+# ------------------------------------------------------------------ multipart parts and sent statuses
+
+def upsert_part(conn: Any, *, object_id: int, part: int, parts: int, tar_name: str, etag: str,
+                work_item_id: int, file_count: int) -> None:
+    conn.execute(
+        """
+        INSERT INTO apt_object_parts (object_id, part, parts, tar_name, etag, work_item_id, file_count)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (object_id, part) DO UPDATE SET parts = EXCLUDED.parts, tar_name = EXCLUDED.tar_name,
+            etag = EXCLUDED.etag, work_item_id = EXCLUDED.work_item_id, file_count = EXCLUDED.file_count,
+            recorded_at = now()
+        """, (object_id, part, parts, tar_name, etag, work_item_id, file_count))
+
+
+def object_parts(reg: Registry, object_id: int) -> list[dict[str, Any]]:
+    return reg.execute("SELECT * FROM apt_object_parts WHERE object_id = %s ORDER BY part", (object_id,))
+
+
+def mark_status_sent(reg: Registry, work_item_id: int, status: str, attempt: int) -> None:
+    reg.execute("UPDATE apt_work_items SET status_sent = %s, status_sent_attempt = %s, status_sent_at = now() "
+                "WHERE id = %s", (status, attempt, work_item_id))
 
 
 # ------------------------------------------------------------------ interim files

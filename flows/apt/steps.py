@@ -15,16 +15,21 @@ import logging
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from psycopg.types.json import Jsonb
 
 from flows.apt import records
 from flows.apt.bagfiles import FileType
 from flows.apt.config import AptConfig
+from flows.apt.names import BagName, parse_bag_name
 from flows.apt.receiving import ReceivingChanged
 from flows.apt.reingest import absent_paths, decide
-from flows.apt.storage import StoreJob, StoreOutcome, store_all, verify_copy
+from flows.apt.storage import StoreJob, StoreOutcome, store_all, sweep_temporaries, verify_copy
 from flows.apt.tarscan import ALGORITHMS, BagScan, FileRecord, scan_bag
 from flows.apt.validate import validate_bag
 from flows.reporting import Progress, ProgressReader
@@ -76,6 +81,11 @@ class Item:
     def staged_name(self, file_uuid: str) -> str:
         return f"{self.id}/{file_uuid}"
 
+    @property
+    def bag(self) -> BagName:
+        """Name parts; ``bag.is_multipart`` for one part of a multipart bag."""
+        return parse_bag_name(self.tar_name, self.institution)
+
 
 def ingest_key(row: dict[str, Any]) -> str:
     """Natural key of the shared ingests row: one per work item, so retries reuse event UUIDs."""
@@ -96,10 +106,20 @@ def _enter(cfg: AptConfig, item: Item, stage: str, note: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- start
 def start(cfg: AptConfig, work_item_id: int, flow_run_id: str | None) -> Item:
-    """Claim the work item for this run: Started, attempt + 1, this node and pid."""
+    """Claim the work item for this run: Started, attempt + 1, this node and pid.
+
+    First the object's lock (held on this run's registry connection until the run closes it):
+    a second run of the same work item, or another part of the same multipart object, waits
+    here, then reads the registry afresh. Holding it, this run may remove what a dead earlier
+    attempt of this work item left in staging (``.part`` temporaries of the atomic writer).
+    """
     row = records.get_work_item(cfg.registry, work_item_id)
     if row is None:
         raise UserError(f"no APT work item {work_item_id}")
+    waited = records.claim_object(cfg.registry, row["object_identifier"])
+    if waited > 0.5:
+        log.info("work item %s waited %.1f s for another run of %s", work_item_id, waited, row["object_identifier"])
+        row = records.get_work_item(cfg.registry, work_item_id)
     if row["status"] == records.CANCELLED:
         raise WorkItemCancelled(row["note"] or f"work item {work_item_id} was cancelled")
     if row["status"] == records.FAILED and row["error_kind"] == "user":
@@ -115,7 +135,25 @@ def start(cfg: AptConfig, work_item_id: int, flow_run_id: str | None) -> Item:
         started_at=datetime.now(UTC), finished_at=None,
         note=f"Ingest started (attempt {row['attempt'] + 1})" + (f", resuming at {row['stage']}"
                                                                   if row["attempt"] else ""))
-    return _item(row)
+    item = _item(row)
+    if row["attempt"] > 1:
+        sweep_staging(cfg, item)
+    return item
+
+
+def sweep_staging(cfg: AptConfig, item: Item) -> list[str]:
+    """The atomic writer's ``.part`` files a killed attempt left under this item's staging prefix.
+
+    Finished staged files stay (Copy To Staging resumes from them); the whole prefix goes at Cleanup.
+    """
+    root = cfg.staging.path(item.prefix.rstrip("/"))
+    removed = [str(p) for p in root.rglob(".*.part") if p.is_file()] if root.is_dir() else []
+    for name in removed:
+        Path(name).unlink(missing_ok=True)
+    if removed:
+        log.info("work item %s: removed %d staging temporar%s of an earlier attempt", item.id, len(removed),
+                 "y" if len(removed) == 1 else "ies")
+    return removed
 
 
 def already_done(cfg: AptConfig, item: Item) -> bool:
@@ -232,7 +270,9 @@ def reingest_check(cfg: AptConfig, item: Item, validation: dict[str, Any]) -> di
         updates.append((f["path"], {"uuid": d.uuid, "preserve": d.preserve, "needs_save": d.needs_save,
                                     "existing_file_id": d.existing_file_id}))
     records.update_ingest_files(cfg.registry, item.id, updates)
-    absent = absent_paths(existing, (f["path"] for f in files)) if not object_deleted else []
+    # One part of a multipart bag holds only some of the object's files: the others are not absent.
+    multipart = item.bag.is_multipart
+    absent = absent_paths(existing, (f["path"] for f in files)) if not (object_deleted or multipart) else []
     result = {
         "object_id": obj["id"] if obj else None, "is_reingest": obj is not None, "object_deleted": object_deleted,
         "storage_option": storage_option, "requested_storage_option": validation["storage_option"],
@@ -325,6 +365,8 @@ def store(cfg: AptConfig, item: Item, storage_option: str) -> dict[str, Any]:
         if missing:
             jobs.append(StoreJob(f["path"], str(f["uuid"]), cfg.staging.path(item.staged_name(str(f["uuid"]))),
                                  f["size"], f["checksums"]["sha256"], f["checksums"]["md5"], missing))
+    for target in targets:  # what a killed earlier attempt's puts left (we hold the object's claim)
+        sweep_temporaries(vaults[target], [j.uuid for j in jobs if target in j.targets])
     progress = Progress(f"store {item.tar_name}", sum(j.size * len(j.targets) for j in jobs))
     pending: list[tuple[str, dict[str, Any]]] = []
     last_flush = time.monotonic()
@@ -394,9 +436,17 @@ def verify_storage(cfg: AptConfig, item: Item, storage_option: str) -> int:
 
 # ---------------------------------------------------------------- 8. record
 def record(cfg: AptConfig, item: Item, validation: dict[str, Any], reingest: dict[str, Any]) -> dict[str, Any]:
-    """Object, generic files, checksums, storage records and PREMIS events, in one transaction."""
-    _enter(cfg, item, RECORD, "Recording the object, files and events in the registry")
+    """Object, generic files, checksums, storage records and PREMIS events, in one transaction.
+
+    The transaction also writes ``metadata.recorded`` (this stage's result), so a run resuming after
+    it committed (killed during or after Cleanup, with the interim rows gone) returns that result
+    instead of recording an empty version, which would mark every stored file missing.
+    """
+    row = _enter(cfg, item, RECORD, "Recording the object, files and events in the registry")
+    if row["metadata"].get("recorded"):
+        return row["metadata"]["recorded"]
     r = cfg.registry
+    bag = item.bag
     ingest = r.ingest_by_id(item.ingest_id)
     assert ingest is not None
     storage_option = reingest["storage_option"]
@@ -420,14 +470,22 @@ def record(cfg: AptConfig, item: Item, validation: dict[str, Any], reingest: dic
              "sha256": f["verified"][t]["sha256"], "verified_at": f["verified"][t]["at"]}
             for f in saved for t in targets])
         records.touch_present_files(conn, obj["id"], present)
-        absent = records.mark_absent_files(conn, obj["id"], present, item.id)
+        if bag.is_multipart:  # the object's other files belong to other parts: never absent
+            absent = 0
+            records.upsert_part(conn, object_id=obj["id"], part=bag.part, parts=bag.parts, tar_name=item.tar_name,
+                                etag=item.etag, work_item_id=item.id, file_count=len(saved))
+        else:
+            absent = records.mark_absent_files(conn, obj["id"], present, item.id)
         _record_events(r, ingest, item, obj, validation, saved, targets, first_ingest)
         for f in saved:
             primary = f["verified"][targets[0]]
             r.upsert_file(DOMAIN, f"{item.identifier}/{f['path']}", ingest_id=ingest.id, vault_uri=primary["url"],
                           size=f["size"], checksums=dict(f["checksums"]))
-    return {"object_id": obj["id"], "storage_option": obj["storage_option"], "stored_files": len(saved),
-            "absent_files": absent, "first_ingest": first_ingest}
+        result = {"object_id": obj["id"], "storage_option": obj["storage_option"], "stored_files": len(saved),
+                  "absent_files": absent, "first_ingest": first_ingest}
+        conn.execute("UPDATE apt_work_items SET metadata = metadata || %s, updated_at = now() WHERE id = %s",
+                     (Jsonb({"recorded": result}), item.id))
+    return result
 
 
 def _record_events(r: reg.Registry, ingest: reg.Ingest, item: Item, obj: dict[str, Any],
@@ -483,20 +541,50 @@ def cleanup(cfg: AptConfig, item: Item, *, delete_tar: bool | None = None, after
     cfg.staging.cleanup_prefix(item.prefix)
     records.delete_ingest_files(cfg.registry, item.id)
     deleted = False
-    if row["delete_from_receiving"] and not row["deleted_from_receiving_at"]:
+    if row["delete_from_receiving"]:
+        # Also when an earlier attempt deleted it already: a resumed CLI run put the same upload back.
         current = cfg.receiving.stat(item.bucket, item.key)
         if current is not None and current.etag == item.etag:  # never a newer upload under the same key
             cfg.receiving.delete(item.bucket, item.key)
             deleted = True
-        records.update_work_item(cfg.registry, item.id, deleted_from_receiving_at=datetime.now(UTC))
+        if not row["deleted_from_receiving_at"]:
+            records.update_work_item(cfg.registry, item.id, deleted_from_receiving_at=datetime.now(UTC))
     return {"deleted_from_receiving": deleted}
 
 
 # ---------------------------------------------------------------- terminal states
 def finish(cfg: AptConfig, item: Item) -> None:
+    note = "Ingest complete"
+    parts = multipart_state(cfg, item)
+    if parts is not None:
+        note += f" (part {parts['part']} of {parts['parts']}" + (
+            f"; the object still lacks part(s) {', '.join(map(str, parts['missing']))})" if parts["missing"]
+            else "; every part of the object is in)")
     records.update_work_item(cfg.registry, item.id, status=records.SUCCESS, stage=CLEANUP, finished_at=datetime.now(UTC),
-                             note="Ingest complete", node=None, pid=None, needs_admin_review=False, error_kind=None)
+                             note=note, node=None, pid=None, needs_admin_review=False, error_kind=None)
     cfg.registry.set_state(item.ingest_id, "completed")
+
+
+def multipart_state(cfg: AptConfig, item: Item | dict[str, Any]) -> dict[str, Any] | None:
+    """For one part of a multipart bag: which parts its object holds and which it still lacks.
+
+    A missing part is never an error (as at APTrust, each part is a complete bag of its own):
+    the object holds the files of the parts received, and a later part adds its files.
+    """
+    tar_name = item.tar_name if isinstance(item, Item) else item["tar_name"]
+    institution = item.institution if isinstance(item, Item) else item["institution"]
+    bag = parse_bag_name(tar_name, institution)
+    if not bag.is_multipart:
+        return None
+    identifier = item.identifier if isinstance(item, Item) else item["object_identifier"]
+    obj = records.get_object(cfg.registry, identifier)
+    rows = records.object_parts(cfg.registry, obj["id"]) if obj else []
+    received = [r["part"] for r in rows]
+    expected = max([bag.parts] + [r["parts"] for r in rows])
+    return {"part": bag.part, "parts": bag.parts, "received": received,
+            "missing": [n for n in range(1, expected + 1) if n not in received],
+            "inconsistent_counts": sorted({bag.parts} | {r["parts"] for r in rows}) if any(
+                r["parts"] != bag.parts for r in rows) else []}
 
 
 def fail(cfg: AptConfig, work_item_id: int, exc: BaseException, *, user_error: bool) -> None:
@@ -561,11 +649,55 @@ def summary(cfg: AptConfig, work_item_id: int) -> dict[str, Any]:
                          "storage_option": obj["storage_option"], "state": obj["state"],
                          "bytes": int(counts["bytes"])}
         out["file_count"] = counts["n"]
+    if meta.get("recorded"):
+        out["recorded"] = {k: meta["recorded"][k] for k in ("stored_files", "absent_files", "first_ingest")}
+    parts = multipart_state(cfg, row)
+    if parts is not None:
+        out["multipart"] = parts
     if row["ingest_id"]:
         out["events"] = {e["event_type"]: e["n"] for e in r.execute(
             "SELECT event_type, count(*) AS n FROM events WHERE ingest_id = %s GROUP BY event_type ORDER BY 1",
             (row["ingest_id"],))}
+    out["status_sent"] = row["status_sent"]
     return out
+
+
+STATUS_EXCHANGE = "apt"
+STATUS_NAMESPACE = uuid.UUID("5d0c7e0e-6f5b-4c61-9d59-2f3c1a7b8e41")
+
+
+def status_message_id(work_item_id: int, attempt: int, status: str) -> str:
+    """Stable per (work item, attempt, status): a status re-sent after a crash that hid whether the
+    first one went out carries the same message_id, so consumers drop the duplicate."""
+    return uuid.uuid5(STATUS_NAMESPACE, f"{work_item_id}:{attempt}:{status}").hex
+
+
+def send_status(cfg: AptConfig, transport: Any, work_item_id: int, status: str) -> bool:
+    """The work item's terminal status on exchange ``apt`` (``apt.ingest.<status>``), once per attempt.
+
+    Records what was sent (``apt_work_items.status_sent``); when this attempt's status already went
+    out, nothing is sent and False is returned. A run that finds the work done (killed between
+    finishing and telling) therefore still sends it, and a second re-run does not repeat it.
+    """
+    from tasks.notify import Notification, notify
+
+    row = records.get_work_item(cfg.registry, work_item_id)
+    if row is None:
+        return False
+    if row["status_sent"] == status and row["status_sent_attempt"] == row["attempt"]:
+        log.info("work item %s: status %s of attempt %s was sent already", work_item_id, status, row["attempt"])
+        return False
+    body = summary(cfg, work_item_id)
+    body["status_sent"] = status
+    notify(Notification(exchange=STATUS_EXCHANGE, routing_key=f"apt.ingest.{status}", body=body,
+                        id=status_message_id(work_item_id, row["attempt"], status)), transport)
+    records.mark_status_sent(cfg.registry, work_item_id, status, row["attempt"])
+    return True
+
+
+def status_never_sent(row: dict[str, Any]) -> bool:
+    """A finished item whose terminal status never went out (killed between finish and notify)."""
+    return row["status"] == records.SUCCESS and row["status_sent"] is None
 
 
 def object_events(cfg: AptConfig, item: Item) -> list[dict[str, Any]]:
@@ -576,6 +708,7 @@ def object_events(cfg: AptConfig, item: Item) -> list[dict[str, Any]]:
 
 __all__ = [
     "STAGES",
+    "STATUS_EXCHANGE",
     "Item",
     "WorkItemCancelled",
     "cleanup",
@@ -586,6 +719,7 @@ __all__ = [
     "receive",
     "record",
     "reingest_check",
+    "send_status",
     "start",
     "store",
     "summary",

@@ -7,6 +7,7 @@ file's UUID, so storing again after a crash or a reingest overwrites, never adds
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -92,6 +93,43 @@ def store_all(jobs: Iterable[StoreJob], vaults: dict[str, Vault], *, workers: in
     return outcomes
 
 
+def sweep_temporaries(vault: Vault, keys: Iterable[str]) -> list[str]:
+    """Remove what killed puts to ``keys`` left on ``vault``: ``.vault-tmp-*`` files named for those
+    keys (filesystem) or their incomplete multipart uploads (S3). Other keys' temporaries are never
+    touched, so this is safe while other bags are being stored; call it only while holding the
+    object's claim, so no live put of these keys exists."""
+    from tasks.vault import FilesystemVault, S3Vault, is_temp_of
+
+    wanted = set(keys)
+    removed: list[str] = []
+    if not wanted:
+        return removed
+    if isinstance(vault, FilesystemVault):
+        by_dir: dict[Path, set[str]] = {}
+        for key in wanted:
+            final = vault.path(key)
+            by_dir.setdefault(final.parent, set()).add(final.name)
+        for directory, names in by_dir.items():
+            if not directory.is_dir():
+                continue
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if any(is_temp_of(entry.name, n) for n in names) and entry.is_file(follow_symlinks=False):
+                        Path(entry.path).unlink(missing_ok=True)
+                        removed.append(entry.path)
+    elif isinstance(vault, S3Vault):
+        full = {vault.object_key(k): k for k in wanted}
+        for upload in vault.incomplete_uploads():
+            if upload["Key"] in full:
+                vault.client.abort_multipart_upload(Bucket=vault.bucket, Key=upload["Key"],
+                                                    UploadId=upload["UploadId"])
+                removed.append(f"s3://{vault.bucket}/{upload['Key']} (upload {upload['UploadId']})")
+    if removed:
+        log.info("removed %d temporar%s of an earlier, interrupted store: %s", len(removed),
+                 "y" if len(removed) == 1 else "ies", ", ".join(removed[:5]))
+    return removed
+
+
 def verify_copy(vault: Vault, key: str, *, size: int, sha256: str, md5: str | None = None) -> dict[str, Any]:
     """Size from the target's metadata (HEAD / stat), then every byte read back and hashed."""
     checksums = {"sha256": sha256}
@@ -126,4 +164,4 @@ def verify_copy(vault: Vault, key: str, *, size: int, sha256: str, md5: str | No
 
 
 __all__ = ["STORE_ALGORITHMS", "StoreJob", "StoreOutcome", "VaultVerifyError", "store_all", "store_one",
-           "verify_copy"]
+           "sweep_temporaries", "verify_copy"]

@@ -62,7 +62,7 @@ def test_local_etag_is_stable_for_a_copy_and_changes_with_a_new_upload(tmp_path:
 
 @pytest.mark.prefect
 def test_scanner_rules(apt_env: AptEnv, apt_corpus: dict[str, Case]) -> None:
-    from flows.apt.scan import INGEST, REFUSE, SKIP, WAIT
+    from flows.apt.scan import INGEST, RESEND, SKIP, WAIT
 
     good = apt_corpus["good_aptrust"].tar
     bag = f"{apt_env.institution}.scan_rules.tar"
@@ -73,8 +73,9 @@ def test_scanner_rules(apt_env: AptEnv, apt_corpus: dict[str, Case]) -> None:
     d = decide_all(apt_env)
     assert d["notes.txt"].action == SKIP and d["notes.txt"].reason == "not a .tar file"
     assert d["nested/dir.tar"].action == SKIP and d["nested/dir.tar"].reason == "key contains '/'"
-    multipart = d[f"{apt_env.institution}.parts.b01.of02.tar"]
-    assert multipart.action == REFUSE and item(apt_env, multipart.work_item_id)["status"] == "Failed"
+    multipart = d[f"{apt_env.institution}.parts.b01.of02.tar"]  # a part is a bag of its own (issue 14)
+    assert multipart.action == INGEST and item(apt_env, multipart.work_item_id)["status"] == "Pending"
+    assert item(apt_env, multipart.work_item_id)["bag_name"] == f"{apt_env.institution}.parts"
     first = d[bag]
     assert first.action == INGEST and item(apt_env, first.work_item_id)["status"] == "Pending"
 
@@ -86,13 +87,18 @@ def test_scanner_rules(apt_env: AptEnv, apt_corpus: dict[str, Case]) -> None:
     assert decide_all(apt_env)[bag].action == SKIP
 
     # succeeded with the object active → skip; object deleted since → ingest again (same etag)
-    set_item(apt_env, first.work_item_id, status="Success")
+    set_item(apt_env, first.work_item_id, status="Success", status_sent="success")
     identifier = f"{apt_env.institution}/{apt_env.institution}.scan_rules"
     with apt_env.registry() as reg:
         reg.execute("INSERT INTO apt_objects (identifier, institution, bag_name) VALUES (%s, %s, %s)",
                     (identifier, apt_env.institution, f"{apt_env.institution}.scan_rules"))
     skipped = decide_all(apt_env)[bag]
     assert skipped.action == SKIP and "object is active" in skipped.reason
+    # ... unless its run died between finishing and telling (issue 13): then the status goes out now
+    set_item(apt_env, first.work_item_id, status_sent=None)
+    resend = decide_all(apt_env)[bag]
+    assert resend.action == RESEND and resend.work_item_id == first.work_item_id
+    set_item(apt_env, first.work_item_id, status_sent="success")
     with apt_env.registry() as reg:
         reg.execute("UPDATE apt_objects SET state = 'D' WHERE identifier = %s", (identifier,))
     reingest = decide_all(apt_env)[bag]
@@ -112,6 +118,13 @@ def test_scanner_rules(apt_env: AptEnv, apt_corpus: dict[str, Case]) -> None:
     waiting = decide_all(apt_env)[bag]
     assert waiting.action == WAIT and waiting.work_item_id is None
     assert item(apt_env, newer.work_item_id)["status"] == "Started"
+
+    # another part of a multipart bag is another upload key, never a newer upload of part 1
+    set_item(apt_env, multipart.work_item_id, status="Started", stage="Copy To Staging")
+    upload(apt_env, good, f"{apt_env.institution}.parts.b02.of02.tar")
+    part2 = decide_all(apt_env)[f"{apt_env.institution}.parts.b02.of02.tar"]
+    assert part2.action == INGEST and part2.cancelled == []
+    assert item(apt_env, multipart.work_item_id)["status"] == "Started"
 
 
 @pytest.mark.prefect
