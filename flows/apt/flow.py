@@ -26,22 +26,21 @@ record = ingest_task(steps.record, name="record-in-registry", retries=5)
 cleanup = ingest_task(steps.cleanup, name="cleanup")
 finish = ingest_task(steps.finish, name="finish-work-item")
 
-STATUS_EXCHANGE = "apt"
+STATUS_EXCHANGE = steps.STATUS_EXCHANGE
 
 
-def notify_status(config_block: str, work_item_id: int, status: str) -> None:
-    """The run's terminal status, once, on exchange ``apt`` (``apt.ingest.<status>``) or the outbox."""
+def notify_status(config_block: str, work_item_id: int, status: str) -> bool:
+    """The run's terminal status on exchange ``apt`` (``apt.ingest.<status>``) or the outbox, once per
+    attempt: steps.send_status records what went out, so an "already done" re-run sends it only if the
+    run that finished died before telling."""
     from blocks.broker import BrokerBlock
     from blocks.register import load_block
-    from tasks.notify import Notification, notify
 
     cfg = load_config(config_block)
     try:
-        body = steps.summary(cfg, work_item_id)
+        return steps.send_status(cfg, load_block(BrokerBlock, config_block).transport(), work_item_id, status)
     finally:
         cfg.close()
-    notify(Notification(exchange=STATUS_EXCHANGE, routing_key=f"apt.ingest.{status}", body=body),
-           load_block(BrokerBlock, config_block).transport())
 
 
 report_status = ingest_task(notify_status, name="notify-status")

@@ -69,6 +69,20 @@ def test_finish_then_die_the_rerun_sends_the_status_once(apt_env: AptEnv, tmp_pa
     assert len(statuses()) == 1  # sent once, never again
 
 
+def test_finish_then_die_the_flows_already_done_path_sends_the_status_once(apt_env: AptEnv, tmp_path: Path) -> None:
+    """A recovered (re-run) deployed run takes the flow's "already done" path: it sends the status the dead
+    run never sent, and a second re-run sends nothing more."""
+    from flows.apt.flow import ingest_apt_bag
+    from flows.apt.samples import build_bag
+
+    tar = build_bag(tmp_path, f"{apt_env.institution}.flow_then_die")
+    wi = run_until(apt_env, tar, "finish")
+    for _ in range(2):
+        state = ingest_apt_bag(work_item_id=wi, config_block=apt_env.name, return_state=True)
+        assert state.is_completed()
+    assert [s[:2] for s in statuses()] == [("apt.ingest.success", "Success")]
+
+
 def test_finish_then_die_the_scanner_sends_the_status(apt_env: AptEnv, tmp_path: Path) -> None:
     from flows.apt.samples import build_bag
     from flows.apt.scan import scan_receiving_buckets
