@@ -27,8 +27,8 @@ def lock_domains(registry: Registry, domains: list[str]) -> tuple[list[str], lis
     the second run skips a domain the first holds. Released when the connection closes."""
     mine, busy = [], []
     for domain in domains:
-        key = zlib.crc32(f"fixity:{domain}".encode())
-        if registry.execute("SELECT pg_try_advisory_lock(%s, %s) AS ok", (874302, key))[0]["ok"]:
+        key = (874302 << 32) | zlib.crc32(f"fixity:{domain}".encode())
+        if registry.execute("SELECT pg_try_advisory_lock(%s::bigint) AS ok", (key,))[0]["ok"]:
             mine.append(domain)
         else:
             busy.append(domain)
