@@ -32,12 +32,15 @@ class VaultBlock(Block):
 
     @classmethod
     def for_s3(cls, bucket: str, *, endpoint_url: str | None = None, access_key_id: str | None = None,
-               secret_access_key: str | None = None, region: str | None = None, prefix: str = "") -> "VaultBlock":
-        """Build an S3 vault block from plain settings (what `init --vault-s3` and tests use)."""
+               secret_access_key: str | None = None, region: str | None = None, prefix: str = "",
+               session_token: str | None = None) -> "VaultBlock":
+        """Build an S3 vault block from plain settings (what `init --s3-bucket` and tests use); the secret
+        and the session token are kept as SecretStr by prefect-aws."""
         from prefect_aws.client_parameters import AwsClientParameters
 
         creds = AwsCredentials(
-            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region,
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token, region_name=region,
             aws_client_parameters=AwsClientParameters(endpoint_url=endpoint_url),
         )
         return cls(kind="s3", s3_bucket=S3Bucket(bucket_name=bucket, credentials=creds, bucket_folder=prefix))

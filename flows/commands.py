@@ -19,8 +19,11 @@ log = logging.getLogger("archive-ingest")
 
 def init_home(*, registry_dsn: str | None = None, amqp_url: str | None = None, webhook_url: str | None = None,
               s3_bucket: str | None = None, s3_endpoint: str | None = None, overwrite: bool = False,
-              passphrase: str | None = None, prefect_database: str | None = None) -> dict[str, Any]:
-    """Create INGEST_HOME, the archive keys, the registry schema and the default block documents."""
+              passphrase: str | None = None, prefect_database: str | None = None,
+              s3_access_key_id: str | None = None, s3_secret_access_key: str | None = None,
+              s3_profile: str | None = None, s3_region: str | None = None, s3_prefix: str = "") -> dict[str, Any]:
+    """Create INGEST_HOME, the archive keys, the registry schema and the default block documents, and
+    prove the vault (an S3 bucket is created when missing, and its credentials stored)."""
     from pydantic import SecretStr
 
     from blocks.broker import BrokerBlock
@@ -47,7 +50,9 @@ def init_home(*, registry_dsn: str | None = None, amqp_url: str | None = None, w
         keys = _ensure_keys(home_path("keys"), passphrase)
         registry = open_registry(registry_dsn)
         registry.close()
-        vault = VaultBlock.for_s3(s3_bucket, endpoint_url=s3_endpoint) if s3_bucket else VaultBlock()
+        vault, vault_report = _vault_block(s3_bucket, endpoint_url=s3_endpoint, access_key_id=s3_access_key_id,
+                                           secret_access_key=s3_secret_access_key, profile=s3_profile,
+                                           region=s3_region, prefix=s3_prefix, overwrite=overwrite)
         documents = {
             VaultBlock: vault,
             RegistryBlock: RegistryBlock(dsn=SecretStr(registry_dsn) if registry_dsn else None),
@@ -60,7 +65,38 @@ def init_home(*, registry_dsn: str | None = None, amqp_url: str | None = None, w
         blocks = save_defaults(documents, overwrite=overwrite)
     return {"ingest_home": str(ingest_home()), "keys": {k: v for k, v in keys.items() if k != "passphrase"},
             "blocks": blocks, "registry": "embedded" if not registry_dsn else "external",
-            "prefect_api": _prefect_api()}
+            "vault": vault_report, "prefect_api": _prefect_api()}
+
+
+VAULT_CREDENTIALS_BLOCK = "ingest-vault"  # the AwsCredentials document an S3 vault block refers to
+
+
+def _vault_block(bucket: str | None, *, endpoint_url: str | None, access_key_id: str | None,
+                 secret_access_key: str | None, profile: str | None, region: str | None, prefix: str,
+                 overwrite: bool) -> tuple[Any, dict[str, Any]]:
+    """The vault block to save, proven by a probe object; an S3 bucket is created when missing."""
+    from blocks.register import DEFAULT_NAME, load_block
+    from blocks.register import _exists as block_exists
+    from blocks.vault import VaultBlock
+    from tasks.s3_setup import ensure_bucket, prove_vault, resolve_credentials
+
+    if not overwrite and block_exists(VaultBlock, DEFAULT_NAME):
+        kept = load_block(VaultBlock, DEFAULT_NAME)  # what ingests will use: prove that one
+        return kept, {"kind": kept.kind, "block": "kept (use --force to replace it)", **prove_vault(kept.vault())}
+    if not bucket:
+        vault = VaultBlock()
+        return vault, {"kind": "filesystem", **prove_vault(vault.vault())}
+    creds = resolve_credentials(access_key_id=access_key_id, secret_access_key=secret_access_key, profile=profile)
+    vault = VaultBlock.for_s3(bucket, endpoint_url=endpoint_url, access_key_id=creds.access_key_id,
+                              secret_access_key=creds.secret_access_key, session_token=creds.session_token,
+                              region=region, prefix=prefix)
+    state = ensure_bucket(vault.s3_bucket.credentials.get_s3_client(), bucket, region)
+    proof = prove_vault(vault.vault())
+    vault.s3_bucket.credentials.save(VAULT_CREDENTIALS_BLOCK, overwrite=True)
+    return vault, {"kind": "s3", "bucket": bucket, "bucket_state": state, "endpoint": endpoint_url,
+                   "credentials": f"{creds.source}, saved as aws-credentials/{VAULT_CREDENTIALS_BLOCK}"
+                   if creds.access_key_id else "none stored: the default AWS chain of the worker's machine",
+                   **proof}
 
 
 def _prefect_api() -> dict[str, Any]:
@@ -102,14 +138,34 @@ def _register_init(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--webhook-url", help="HTTP endpoint for status messages")
     p.add_argument("--s3-bucket", help="use an S3 vault in this bucket (default: INGEST_HOME/vault)")
     p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL")
+    p.add_argument("--s3-region", help="bucket region (used when the bucket is created)")
+    p.add_argument("--s3-prefix", default="", help="key prefix inside the bucket")
+    p.add_argument("--s3-profile", help="take the S3 credentials from this AWS profile (~/.aws)")
+    p.add_argument("--s3-access-key-id", help="S3 access key id (default: $AWS_ACCESS_KEY_ID)")
+    p.add_argument("--s3-secret-access-key", help="S3 secret (default: $AWS_SECRET_ACCESS_KEY; prefer the "
+                   "environment or --s3-profile to keep it out of the shell history)")
     p.add_argument("--force", action="store_true", help="overwrite existing block documents")
     p.add_argument("--prefect-database", metavar="URL",
                    help="PostgreSQL for the local Prefect API's runs (created if missing; recorded in the Prefect "
                         "profile under INGEST_HOME; a running local API moves to it). Default: database 'prefect' "
                         "on the home's embedded PostgreSQL")
-    p.set_defaults(handler=lambda a: emit(init_home(
-        registry_dsn=a.registry_dsn, amqp_url=a.amqp_url, webhook_url=a.webhook_url, s3_bucket=a.s3_bucket,
-        s3_endpoint=a.s3_endpoint, overwrite=a.force, prefect_database=a.prefect_database)))
+    p.set_defaults(handler=_init)
+
+
+def _init(a: argparse.Namespace) -> int:
+    from tasks.errors import UserError
+
+    try:
+        emit(init_home(registry_dsn=a.registry_dsn, amqp_url=a.amqp_url, webhook_url=a.webhook_url,
+                       s3_bucket=a.s3_bucket, s3_endpoint=a.s3_endpoint, overwrite=a.force,
+                       prefect_database=a.prefect_database, s3_access_key_id=a.s3_access_key_id,
+                       s3_secret_access_key=a.s3_secret_access_key, s3_profile=a.s3_profile,
+                       s3_region=a.s3_region, s3_prefix=a.s3_prefix))
+    except UserError as exc:
+        print(f"archive-ingest: init: {exc.message}", file=sys.stderr)
+        emit({"state": "ERROR", "error": exc.message})
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------- outbox
