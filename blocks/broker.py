@@ -1,6 +1,8 @@
 """Broker block: the AMQP broker (or webhook) status notifications go to; empty = outbox file."""
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
@@ -16,6 +18,11 @@ class BrokerBlock(Block):
     webhook_url: SecretStr | None = Field(default=None, description="HTTP endpoint receiving JSON status posts")
     status_exchange: str = Field(default="cega", description="Exchange for submitter-facing status (EGA: cega)")
     internal_exchange: str = Field(default="lega", description="Exchange for internal events (EGA: lega)")
+    protocol: Literal["legacy", "sda"] = Field(
+        default="legacy",
+        description="EGA message protocol: legacy (LocalEGA files/cega/lega) or sda (Federated EGA, "
+                    "neicnordic/sensitive-data-archive); docs/ega.md says why legacy is the default")
+    sda_exchange: str = Field(default="sda", description="sda protocol: the node's exchange (vhost sda)")
     outbox_fallback: bool = Field(default=True, description="Keep messages in the outbox when the broker is down")
 
     def transport(self):

@@ -12,7 +12,12 @@ EXIT_COMPLETED, EXIT_USER_ERROR, EXIT_SYSTEM_ERROR = 0, 1, 2
 
 
 def run_message(raw: dict, *, correlation_id: str | None = None, config_block: str = "default") -> tuple[int, dict]:
-    """Run one ingest in-process and classify the outcome the way CEGA would."""
+    """Run one ingest in-process and classify the outcome the way CEGA would.
+
+    The broker block's protocol decides how the message is read: legacy (LocalEGA) or sda.
+    """
+    if _protocol(config_block) == "sda":
+        return run_sda_message(raw, correlation_id=correlation_id, config_block=config_block)
     from flows.ega.flow import failure_summary, ingest_ega_file
     from flows.ega.messages import validate_message
     from tasks.errors import UserError, is_user_error
@@ -29,6 +34,36 @@ def run_message(raw: dict, *, correlation_id: str | None = None, config_block: s
     except Exception as exc:
         code = EXIT_USER_ERROR if is_user_error(exc) else EXIT_SYSTEM_ERROR
         return code, failure_summary(message, exc, config_block)
+
+
+def _protocol(config_block: str) -> str:
+    from blocks.broker import BrokerBlock
+    from blocks.register import load_block
+
+    return load_block(BrokerBlock, config_block).protocol
+
+
+def run_sda_message(raw: dict, *, correlation_id: str | None = None, config_block: str = "default",
+                    received_at=None) -> tuple[int, dict]:
+    """One SDA message (ingest, cancel or accession) as its own flow run; a refused one exits 1."""
+    from flows.ega.sda_flow import handle_sda_message
+    from tasks.errors import UserError, is_user_error
+
+    raw = raw if isinstance(raw, dict) else {}
+    base = {"stable_id": raw.get("accession_id"), "user": raw.get("user"), "filepath": raw.get("filepath"),
+            "vault_uri": None, "checksums": {}}
+    try:
+        with local_run():
+            state = handle_sda_message(raw, correlation_id=correlation_id, config_block=config_block,
+                                       received_at=received_at, return_state=True)
+        if state.is_cancelled():  # an ingest a cancel reached: undone, not an error
+            return EXIT_COMPLETED, {**base, "state": "CANCELLED", "error": state.message}
+        summary = state.result()
+    except Exception as exc:
+        reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        code = EXIT_USER_ERROR if is_user_error(exc) else EXIT_SYSTEM_ERROR
+        return code, {**base, "state": "ERROR" if code == EXIT_USER_ERROR else "FAILED", "error": reason}
+    return (EXIT_USER_ERROR if summary.get("state") == "REFUSED" else EXIT_COMPLETED), summary
 
 
 def run_message_file(source: str, *, correlation_id: str | None = None,

@@ -21,6 +21,8 @@ class EgaConfig:
     staging: StagingArea = field(default_factory=lambda: StagingArea(home_path("staging") / "ega"))
     status_exchange: str = "cega"
     internal_exchange: str = "lega"
+    protocol: str = "legacy"  # or "sda" (blocks/broker.py)
+    sda_exchange: str = "sda"
 
     def close(self) -> None:
         self.registry.close()
@@ -45,4 +47,6 @@ def load_config(block_name: str = "default", *, inbox_root: str | None = None) -
         inbox_root=Path(inbox_root) if inbox_root else home_path("inbox"),
         status_exchange=broker.status_exchange,
         internal_exchange=broker.internal_exchange,
+        protocol=broker.protocol,
+        sda_exchange=broker.sda_exchange,
     )

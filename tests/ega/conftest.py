@@ -95,7 +95,8 @@ class EgaEnv:
 
 
 def save_blocks(name: str, *, pg_dsn: str, amqp_url: str | None, cega: str, lega: str, keys: SimpleNamespace,
-                vault_root: Path | None = None, vault_block=None, keyserver_url: str | None = None) -> None:
+                vault_root: Path | None = None, vault_block=None, keyserver_url: str | None = None,
+                protocol: str = "legacy", sda: str = "sda") -> None:
     from pydantic import SecretStr
 
     from blocks.broker import BrokerBlock
@@ -106,7 +107,7 @@ def save_blocks(name: str, *, pg_dsn: str, amqp_url: str | None, cega: str, lega
     (vault_block or VaultBlock(root=str(vault_root))).save(name, overwrite=True)
     RegistryBlock(dsn=SecretStr(pg_dsn)).save(name, overwrite=True)
     BrokerBlock(amqp_url=SecretStr(amqp_url) if amqp_url else None, status_exchange=cega,
-                internal_exchange=lega).save(name, overwrite=True)
+                internal_exchange=lega, protocol=protocol, sda_exchange=sda).save(name, overwrite=True)
     KeyserverBlock(url=keyserver_url, key_file=None if keyserver_url else str(keys.pgp_sec),
                    passphrase=SecretStr(keys.passphrase), c4gh_public_key=str(keys.c4gh_pub),
                    cache_ttl_seconds=60).save(name, overwrite=True)
@@ -135,6 +136,35 @@ def ega_env(prefect_api, pg_dsn: str, amqp_url: str, unique: str, ega_keys: Simp
     for x in (cega, lega):
         ch.exchange_delete(x)
     conn.close()
+
+
+@pytest.fixture
+def sda_env(prefect_api, pg_dsn: str, amqp_url: str, unique: str, ega_keys: SimpleNamespace,
+            ingest_home: Path) -> EgaEnv:
+    """The same, with the broker block in ``sda`` mode: everything goes to one exchange (``sda-<unique>``),
+    captured by a queue bound with ``#``."""
+    from tasks.notify import declare_topology
+
+    sda = f"sda-{unique}"
+    captured = {"sda": f"{sda}-all"}
+    declare_topology(amqp_url, [(sda, "topic")], [captured["sda"]], [(captured["sda"], sda, "#")])
+    env = EgaEnv(name=f"t-{unique}", amqp_url=amqp_url, cega=sda, lega=sda, inbox=ingest_home / "inbox",
+                 vault_root=ingest_home / "vault", staging=ingest_home / "staging", keys=ega_keys,
+                 captured=captured, user=f"user-{unique}")
+    env.vault_root.mkdir(parents=True, exist_ok=True)
+    save_blocks(env.name, pg_dsn=pg_dsn, amqp_url=amqp_url, cega=sda, lega=sda, keys=ega_keys,
+                vault_root=env.vault_root, protocol="sda", sda=sda)
+    yield env
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    ch.queue_delete(captured["sda"])
+    ch.exchange_delete(sda)
+    conn.close()
+
+
+def new_accession_id() -> str:
+    """SDA's accession ids are EGAF and exactly 11 digits."""
+    return "EGAF" + str(uuid.uuid4().int)[:11]
 
 
 def new_stable_id() -> str:

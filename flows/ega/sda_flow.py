@@ -1,0 +1,142 @@
+"""EGA over the SDA (Federated EGA) protocol: one flow run per message from CEGA.
+
+``type: ingest`` archives and verifies the upload and ends awaiting an accession;
+``type: accession`` is a short run that completes it under that id; ``type: cancel``
+calls off whatever of that upload is not yet completed and never starts an ingest.
+The order of steps for each lives here; the steps are in ``sda_steps``.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
+
+from flows.ega import sda_steps, steps
+from flows.ega.config import EgaConfig, load_config
+from flows.ega.sda_messages import IngestionAccession, IngestionTrigger, parse_inbound
+from flows.reporting import ingest_report
+from tasks.errors import is_user_error
+from tasks.prefect_support import ingest_task
+
+register = ingest_task(sda_steps.register, name="register")
+locate = ingest_task(sda_steps.locate, name="locate-in-inbox")
+fetch_key = ingest_task(steps.fetch_key, name="fetch-key")
+reencrypt = ingest_task(steps.reencrypt_to_staging, name="decrypt-reencrypt-stage", retries=2)
+archive = ingest_task(sda_steps.archive, name="archive-to-vault")
+request_accession = ingest_task(sda_steps.request_accession, name="request-accession")
+cancel = ingest_task(sda_steps.cancel, name="cancel-ingest")
+finalize = ingest_task(sda_steps.finalize, name="complete-with-accession", retries=5)
+
+
+def run_name() -> str:
+    """``ega-sda-ingest-<user>/<path>``, ``ega-sda-accession-EGAF…``, ``ega-sda-cancel-<user>/<path>``."""
+    msg = (flow_run.parameters or {}).get("message") or {}
+    kind = msg.get("type", "message")
+    if kind == "accession" and msg.get("accession_id"):
+        return f"ega-sda-accession-{msg['accession_id']}"
+    return f"ega-sda-{kind}-{msg.get('user', '?')}/{msg.get('filepath', '?')}"[:200]
+
+
+def received_time(received_at: datetime | None) -> datetime:
+    """When the message was received: the run's scheduled start (the listener creates it on receipt)."""
+    if received_at is not None:
+        return received_at if received_at.tzinfo else received_at.replace(tzinfo=timezone.utc)
+    scheduled = flow_run.scheduled_start_time
+    return datetime.fromisoformat(scheduled.isoformat()) if scheduled else datetime.now(timezone.utc)
+
+
+@flow(name="ega-sda-message", flow_run_name=run_name,
+      description="One SDA (Federated EGA) message from CEGA: ingest (ends awaiting accession), accession "
+                  "(completes the ingest under that id) or cancel (undoes it).")
+def handle_sda_message(message: dict[str, Any], correlation_id: str | None = None, config_block: str = "default",
+                       inbox_root: str | None = None, received_at: datetime | None = None) -> Any:
+    cfg = load_config(config_block, inbox_root=inbox_root)
+    try:
+        try:
+            parsed = parse_inbound(message)
+        except Exception as exc:
+            sda_steps.report_failure(cfg, message, correlation_id, exc, None, None, user_error=False)
+            raise
+        when = received_time(received_at)
+        if isinstance(parsed, IngestionAccession):
+            return _accession(cfg, parsed, message, correlation_id)
+        if parsed.type == "cancel":
+            return _cancel(cfg, parsed, message, correlation_id, when)
+        return _ingest(cfg, parsed, message, correlation_id, when)
+    finally:
+        cfg.close()
+
+
+def _ingest(cfg: EgaConfig, trig: IngestionTrigger, raw: dict[str, Any], correlation_id: str | None,
+            when: datetime) -> dict[str, Any]:
+    log = get_run_logger()
+    ingest_id = located = staged = None
+    try:
+        ingest_id = register(cfg, trig, correlation_id, str(flow_run.get_id() or "") or None)
+        located = locate(cfg, trig, ingest_id, when)
+        if located.status == "completed":
+            log.info("%s/%s already archived as %s; completion sent again", trig.user, trig.filepath,
+                     located.row["stable_id"])
+            cfg.registry.set_state(ingest_id, "completed")
+            sda_steps.report_completed(cfg, located.row, correlation_id)
+            return _report(sda_steps.summary(located.row, "COMPLETED"), ingest_id, cfg)
+        if located.status == "awaiting_accession":
+            log.info("%s/%s already verified; accession requested again", trig.user, trig.filepath)
+            row = located.row
+        else:
+            key = fetch_key(cfg, located)
+            staged = reencrypt(cfg, located, key)
+            sda_steps.check_not_cancelled(cfg, located, when, "before archiving")
+            row = archive(cfg, located, staged, when)
+            staged = None  # moved into the vault
+        request_accession(cfg, row, correlation_id)
+        log.info("%s/%s archived as file id %s (%s); awaiting accession", trig.user, trig.filepath,
+                 row["sda_file_id"], row["archive_uri"])
+        return _report(sda_steps.summary(row, "AWAITING_ACCESSION"), ingest_id, cfg)
+    except sda_steps.Cancelled as exc:
+        # The run ends Cancelled (not Failed, not Completed): a later trigger of the same upload is a new attempt.
+        sda_steps.undo_cancelled(cfg, located, staged, str(exc))
+        log.info("%s; nothing left in staging or the vault", exc)
+        _report(sda_steps.summary(None, "CANCELLED", user=trig.user, filepath=trig.filepath, error=str(exc)),
+                ingest_id, cfg, status="Cancelled")
+        return Cancelled(message=str(exc))
+    except BaseException as exc:
+        if staged is not None:
+            cfg.staging.remove(staged.name)
+        sda_steps.report_failure(cfg, raw, correlation_id, exc, ingest_id, located, user_error=is_user_error(exc))
+        raise
+
+
+def _cancel(cfg: EgaConfig, trig: IngestionTrigger, raw: dict[str, Any], correlation_id: str | None,
+            when: datetime) -> dict[str, Any]:
+    try:
+        result = cancel(cfg, trig, correlation_id, when)
+    except BaseException as exc:
+        sda_steps.report_failure(cfg, raw, correlation_id, exc, None, None, user_error=False)
+        raise
+    get_run_logger().info("cancel of %s/%s: %s", trig.user, trig.filepath, result["state"])
+    return result
+
+
+def _accession(cfg: EgaConfig, acc: IngestionAccession, raw: dict[str, Any],
+               correlation_id: str | None) -> dict[str, Any]:
+    try:
+        done = finalize(cfg, acc, correlation_id)
+    except BaseException as exc:
+        sda_steps.report_failure(cfg, raw, correlation_id, exc, None, None, user_error=is_user_error(exc))
+        raise
+    if done.get("state") == "CANCELLED":
+        get_run_logger().info("%s", done["error"])
+        return done
+    get_run_logger().info("%s completed: %s/%s at %s", acc.accession_id, acc.user, acc.filepath, done["archive_uri"])
+    return _report(sda_steps.summary(done, "COMPLETED"), done["ingest_id"], cfg)
+
+
+def _report(summary: dict[str, Any], ingest_id: int | None, cfg: EgaConfig, *,
+            status: str = "Completed") -> dict[str, Any]:
+    name = summary.get("stable_id") or summary.get("file_id") or f"{summary.get('user')}/{summary.get('filepath')}"
+    ingest_report("ega", name, summary, events=cfg.registry.events(ingest_id) if ingest_id else [], status=status)
+    return summary
