@@ -4,10 +4,17 @@ A product is recorded only once NGAS has confirmed the CRC of every one of its f
 and all of it in one transaction, so the registry never lists a product whose files
 are not all in NGAS. ``product_key`` (science type + file name) is how a second ingest
 of the same product is recognised: refused unless it is a deliberate reingest.
+
+Until then, the attempt's own rows (migration 041) hold the locators it gave out and every
+file version NGAS confirmed, so a re-run after a failure or crash archives under the same
+file ids and skips files NGAS already holds; NGAS cannot delete, and without these rows a
+failed attempt's files would be recorded nowhere. Recording the product removes them, and
+lists any confirmed version the product does not use in ``orphans`` (migration 060).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,8 +137,9 @@ def record_group(r: Registry, *, ingest: reg.Ingest, ingestion_type: str, telesc
             r.record_event(ingest, reg.INGESTION, subject=sp.locator, agent=AGENT, discriminator=f"v{version}",
                            detail=f"{sp.product_type} {sp.filename}: {n_files} file(s) in NGAS "
                                   f"(ingest #{row['ingest_count']})")
+        orphaned = settle_attempt(r, ingest, group, {(f.ngas_file_id, f.file_version) for f in files})
         r.set_state(ingest.id, "completed", details={"locators": [sp.locator for sp in science],
-                                                      "files": len(files)})
+                                                      "files": len(files), "orphaned_in_ngas": len(orphaned)})
     return rows
 
 
@@ -226,3 +234,87 @@ def group_files(r: Registry, locator: str) -> list[dict[str, Any]]:
           ON f.product_id = p.id OR (f.product_id IS NULL AND f.product_group = p.product_group)
         WHERE p.locator = %s ORDER BY f.file_version DESC, f.id
         """, (locator,))
+
+
+# ---------------------------------------------------------------- an attempt's own rows (until recorded)
+
+
+def attempt_locators(r: Registry, group: str) -> dict[str, str]:
+    """Slot (staged name, or ``role:<type>``) → locator, as an earlier attempt of this ingest gave them out."""
+    rows = r.execute("SELECT slot, locator FROM nrao_attempt_locators WHERE product_group = %s", (group,))
+    return {row["slot"]: row["locator"] for row in rows}
+
+
+def attempt_locators_readonly(r: Registry, group: str) -> dict[str, str]:
+    """For a dry run: a registry never migrated holds nothing yet."""
+    try:
+        return attempt_locators(r, group)
+    except psycopg.errors.UndefinedTable:
+        return {}
+
+
+def save_attempt_locators(r: Registry, group: str, slots: Mapping[str, str]) -> dict[str, str]:
+    """Keep this attempt's locators before anything is pushed; the first writer wins, and what is
+    stored is returned, so two runs of one request at once still agree on every file id."""
+    if slots:
+        with r.transaction():
+            for slot, locator in slots.items():
+                r.execute("INSERT INTO nrao_attempt_locators (product_group, slot, locator) VALUES (%s, %s, %s) "
+                          "ON CONFLICT (product_group, slot) DO NOTHING", (group, slot, locator))
+    return attempt_locators(r, group)
+
+
+def attempt_files(r: Registry, group: str) -> dict[str, dict[str, Any]]:
+    """NGAS file id → the newest version an earlier attempt of this ingest had confirmed."""
+    rows = r.execute("SELECT * FROM nrao_attempt_files WHERE product_group = %s ORDER BY file_version",
+                     (group,))
+    return {row["ngas_file_id"]: row for row in rows}
+
+
+def save_attempt_file(r: Registry, group: str, ingest_id: int | None, f: ArchivedFile, ngas_url: str) -> None:
+    """One file version NGAS has just confirmed (CRC and size): from now on it is on the books."""
+    r.execute(
+        """
+        INSERT INTO nrao_attempt_files (ngas_file_id, file_version, product_group, ingest_id, filename, locator,
+            role, size, mime_type, checksums, ngas_checksum, ngas_checksum_plugin, ngas_disk_id, ngas_url, uri)
+        VALUES (%(fid)s, %(ver)s, %(group)s, %(ingest)s, %(name)s, %(locator)s, %(role)s, %(size)s, %(mime)s,
+                %(sums)s, %(crc)s, %(plugin)s, %(disk)s, %(url)s, %(uri)s)
+        ON CONFLICT (ngas_file_id, file_version) DO UPDATE SET product_group = EXCLUDED.product_group,
+            ingest_id = EXCLUDED.ingest_id, filename = EXCLUDED.filename, size = EXCLUDED.size,
+            checksums = EXCLUDED.checksums, ngas_checksum = EXCLUDED.ngas_checksum,
+            ngas_checksum_plugin = EXCLUDED.ngas_checksum_plugin, uri = EXCLUDED.uri
+        """,
+        {"fid": f.ngas_file_id, "ver": f.file_version, "group": group, "ingest": ingest_id, "name": f.name,
+         "locator": f.locator, "role": f.role, "size": f.size, "mime": f.mime_type, "sums": Jsonb(f.checksums),
+         "crc": f.ngas_checksum, "plugin": f.ngas_checksum_plugin, "disk": f.ngas_disk_id, "url": ngas_url,
+         "uri": f.uri})
+
+
+def ngas_location(ngas_url: str, file_id: str, version: int) -> str:
+    """How ``orphans`` names an NGAS file version: ``ngas://host:port/<file id>?version=N``."""
+    host = urllib.parse.urlsplit(ngas_url).netloc or ngas_url
+    return f"ngas://{host}/{file_id}?version={version}"
+
+
+def settle_attempt(r: Registry, ingest: reg.Ingest, group: str, used: set[tuple[str, int]]) -> list[str]:
+    """At record time (inside its transaction): the attempt's rows go; a confirmed version the product
+    does not use (its file changed between attempts, or a timestamped artifact was rebuilt) stays in
+    NGAS, which cannot delete, so it is listed in ``orphans`` with an event. Returns those locations."""
+    from flows.reconcile.steps import record_orphan  # the one writer of the orphans table
+
+    orphaned = []
+    for row in r.execute("SELECT * FROM nrao_attempt_files WHERE product_group = %s ORDER BY ngas_file_id, "
+                         "file_version", (group,)):
+        if (row["ngas_file_id"], row["file_version"]) in used:
+            continue
+        location = ngas_location(row["ngas_url"], row["ngas_file_id"], row["file_version"])
+        detail = (f"{row['filename']} version {row['file_version']}, archived by an earlier attempt of ingest "
+                  f"#{ingest.id} ({group}) and not used by the recorded product")
+        record_orphan(r, DOMAIN, location, detail, size=row["size"], ingest_id=ingest.id)
+        r.record_event(ingest, reg.REPLICATION, subject=f"{row['ngas_file_id']}@{row['file_version']}", agent=AGENT,
+                       outcome="orphaned", discriminator="orphan",
+                       detail=f"{detail}; NGAS cannot delete it: listed as orphan {location}")
+        orphaned.append(location)
+    r.execute("DELETE FROM nrao_attempt_files WHERE product_group = %s", (group,))
+    r.execute("DELETE FROM nrao_attempt_locators WHERE product_group = %s", (group,))
+    return orphaned
