@@ -101,7 +101,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
     s = Stack(env, env["PREFECT_API_URL"], registry_dsn, base / "ingest", logs)
     s.procs.append(start_server(env, logs / "server.log", cwd=ROOT))
     s.run(sys.executable, "flows/run.py", "init", "--registry-dsn", registry_dsn, "--amqp-url", AMQP_URL)
-    s.run(sys.executable, "flows/run.py", "deploy")
+    # Heartbeats at Prefect's floor (30 s): a dead worker's run is Crashed 75 s after its last beat.
+    s.run(sys.executable, "flows/run.py", "deploy", "--heartbeat-seconds", "30")
     yield s
     for proc in reversed(s.procs):
         stop(proc)

@@ -1,0 +1,221 @@
+"""Self-healing on real processes: a Prefect server on PostgreSQL, a process worker, the listener and
+RabbitMQ. A SIGKILLed EGA run completes unattended; a resend after a system error starts a new
+attempt; a message published twice, and two runs of one upload at once, decrypt once."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import psutil
+import pytest
+
+from tests.conftest import AMQP_URL
+from tests.deploy.conftest import Stack, stop
+from tests.deploy.test_operations import _channel, _flow_runs, _publish, _wait
+
+pytestmark = [pytest.mark.integration, pytest.mark.deploy]
+
+DECRYPT_TASK = "decrypt-reencrypt-stage"
+
+
+class Ops:
+    def __init__(self, stack: Stack, files_q: str, capture_q: str, listener_log: Path, worker) -> None:
+        self.stack, self.files_q, self.capture_q, self.listener_log, self.worker = (
+            stack, files_q, capture_q, listener_log, worker)
+        self.replies: list[tuple[str, dict]] = []
+
+    def drain_replies(self) -> list[tuple[str, dict]]:
+        conn, ch = _channel()
+        while True:
+            method, _, body = ch.basic_get(self.capture_q, auto_ack=True)
+            if method is None:
+                break
+            self.replies.append((method.routing_key, json.loads(body)))
+        conn.close()
+        return self.replies
+
+    def replies_for(self, stable_id: str, routing_key: str) -> list[dict]:
+        return [b for rk, b in self.drain_replies() if rk == routing_key and b.get("stable_id") == stable_id]
+
+
+@pytest.fixture(scope="module")
+def ops(stack: Stack):
+    token = uuid.uuid4().hex[:8]
+    files_q, capture_q = f"files-heal-{token}", f"cega-heal-{token}"
+    stack.run(sys.executable, "flows/run.py", "broker", "setup", "--amqp-url", AMQP_URL)
+    conn, ch = _channel()
+    for q in (files_q, capture_q):
+        ch.queue_declare(q, durable=True)
+    ch.queue_bind(capture_q, "cega", "#")
+    conn.close()
+    worker = stack.start("worker-heal", sys.executable, "-m", "prefect", "worker", "start", "--pool", "ingest",
+                         "--limit", "4")
+    listener = stack.start("listener-heal", sys.executable, "flows/run.py", "listen", "--queue", files_q,
+                           "--adapter", "ega", "--deployment", "ingest-ega-file/ega", "--amqp-url", AMQP_URL)
+    try:
+        yield Ops(stack, files_q, capture_q, stack.logs / f"listener-heal-{len(stack.procs) - 1}.log", worker)
+    finally:
+        stop(listener)
+        stop(worker)
+        conn, ch = _channel()
+        for q in (files_q, capture_q):
+            ch.queue_delete(q)
+        conn.close()
+
+
+def _upload(stack: Stack, user: str, name: str, size: int) -> dict:
+    """Encrypt ``size`` random bytes as a submitter would; the message CEGA would send."""
+    from flows.ega.demo import encrypt_for_archive
+
+    user_dir = stack.ingest_home / "inbox" / user
+    user_dir.mkdir(parents=True, exist_ok=True)
+    plain = user_dir / name
+    with open(plain, "wb") as fh:
+        for _ in range(size // (1 << 20)):
+            fh.write(os.urandom(1 << 20))
+        fh.write(os.urandom(size % (1 << 20)))
+    encrypt_for_archive(plain, user_dir / f"{name}.gpg", stack.ingest_home / "keys" / "ega.pub.asc")
+    plain.unlink()
+    md5 = hashlib.md5()
+    with open(user_dir / f"{name}.gpg", "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            md5.update(block)
+    stable_id = "EGAF" + uuid.uuid4().hex[:11].upper()
+    return {"user": user, "filepath": f"{name}.gpg", "stable_id": stable_id,
+            "encrypted_integrity": {"checksum": md5.hexdigest(), "algorithm": "md5"}}
+
+
+def _runs(stack: Stack, stable_id: str) -> list:
+    return _flow_runs(stack, "ega", stable_id)
+
+
+def _run_done(stack: Stack, stable_id: str, count: int = 1):
+    runs = _runs(stack, stable_id)
+    return runs if len(runs) >= count and all(r.state.is_final() for r in runs) else None
+
+
+def _decrypt_task_runs(stack: Stack, flow_run_ids: list) -> list:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    with stack.client() as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)),
+                                     task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=DECRYPT_TASK)))
+
+
+def _vault_and_temporaries(stack: Stack, stable_id: str) -> tuple[list[Path], list[Path], list[Path]]:
+    vault_dir = stack.ingest_home / "vault" / "ega" / stable_id
+    entries = sorted(vault_dir.iterdir()) if vault_dir.is_dir() else []
+    objects = [p for p in entries if not p.name.startswith(".vault-tmp-")]
+    temporaries = [p for p in entries if p.name.startswith(".vault-tmp-")]
+    staging = [p for p in (stack.ingest_home / "staging" / "ega").glob("*") if p.is_file()]
+    return objects, temporaries, staging
+
+
+def _flow_run_process(worker, flow_run_id: str) -> psutil.Process | None:
+    for child in psutil.Process(worker.pid).children(recursive=True):
+        try:
+            if child.environ().get("PREFECT__FLOW_RUN_ID") == flow_run_id:
+                return child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def test_sigkilled_ega_run_completes_unattended(ops: Ops) -> None:
+    stack = ops.stack
+    msg = _upload(stack, "heal-user", "kill.bin", 160 << 20)
+    _publish([msg], ops.files_q)
+    run = _wait(lambda: (_runs(stack, msg["stable_id"]) or [None])[0], 60, "the listener to create the run", 0.2)
+    staging = stack.ingest_home / "staging" / "ega"
+
+    def decrypting():
+        parts = [p for p in staging.glob(".ega-*.part") if p.stat().st_size > (4 << 20)]
+        return _flow_run_process(ops.worker, str(run.id)) if parts else None
+
+    victim = _wait(decrypting, 180, "the run to be mid-decrypt", 0.05)
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert [p for p in staging.glob(".ega-*.part")], "the kill came after the decrypt pass"
+
+    runs = _wait(lambda: _run_done(stack, msg["stable_id"]) if _runs(stack, msg["stable_id"])[0].run_count >= 2
+                 else None, 300, "the crashed run to be re-run and finish", 1)
+    print(f"SIGKILL mid-decrypt → Completed unattended in {time.monotonic() - killed_at:.1f} s")
+    assert len(runs) == 1 and runs[0].state.is_completed(), runs[0].state
+    assert runs[0].id == run.id and runs[0].run_count == 2
+    with stack.client() as client:
+        states = [s.name for s in client.read_flow_run_states(run.id)]
+    assert "Crashed" in states and "AwaitingRetry" in states
+    objects, temporaries, staged = _vault_and_temporaries(stack, msg["stable_id"])
+    assert len(objects) == 1 and temporaries == [] and staged == []
+    _wait(lambda: ops.replies_for(msg["stable_id"], "files.completed"), 30, "files.completed")
+    time.sleep(1)
+    assert len(ops.replies_for(msg["stable_id"], "files.completed")) == 1
+    assert ops.replies_for(msg["stable_id"], "files.error") == []
+
+
+def test_resend_after_a_system_error_is_a_new_attempt(ops: Ops) -> None:
+    stack = ops.stack
+    msg = _upload(stack, "heal-user", "fault.bin", 1 << 20)
+    blocker = stack.ingest_home / "vault" / "ega" / msg["stable_id"]
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"the vault cannot make this object's directory: a system fault")
+    _publish([msg], ops.files_q)
+    first = _wait(lambda: _run_done(stack, msg["stable_id"]), 180, "the faulty run to end")
+    assert [r.state.type.value for r in first] == ["FAILED"]
+    assert ops.replies_for(msg["stable_id"], "files.error") == []  # a system error is never the submitter's
+
+    blocker.unlink()  # the operator removes the fault and re-sends the same message
+    _publish([msg], ops.files_q)
+    runs = _wait(lambda: _run_done(stack, msg["stable_id"], 2), 180, "the new attempt to end")
+    assert sorted(r.state.type.value for r in runs) == ["COMPLETED", "FAILED"]
+    new = next(r for r in runs if r.state.is_completed())
+    assert new.idempotency_key.endswith("#attempt-2")
+    _wait(lambda: ops.replies_for(msg["stable_id"], "files.completed"), 30, "files.completed")
+    objects, temporaries, staged = _vault_and_temporaries(stack, msg["stable_id"])
+    assert len(objects) == 1 and temporaries == [] and staged == []
+    log = ops.listener_log.read_text()
+    assert f"→ new flow run {new.name} ({new.id}), attempt 2" in log
+
+
+def test_same_message_twice_at_once_decrypts_once(ops: Ops) -> None:
+    stack = ops.stack
+    msg = _upload(stack, "heal-user", "twice.bin", 64 << 20)
+    _publish([msg, msg], ops.files_q)  # correlation ids c-0 and c-1
+    runs = _wait(lambda: _run_done(stack, msg["stable_id"]), 240, "the run to end")
+    assert len(runs) == 1 and runs[0].state.is_completed()
+    log = ops.listener_log.read_text()
+    assert f"correlation c-1 → joined flow run {runs[0].name} ({runs[0].id})" in log or \
+        f"correlation c-0 → joined flow run {runs[0].name} ({runs[0].id})" in log
+
+    # Two runs of the same upload at once (a CLI call beside a deployed run, a recovered run beside a
+    # resend): the claim makes the second wait and then report the first one's result.
+    second_msg = _upload(stack, "heal-user", "race.bin", 96 << 20)
+    with stack.client() as client:
+        dep = client.read_deployment_by_name("ingest-ega-file/ega")
+        racers = [client.create_flow_run_from_deployment(
+            dep.id, parameters={"message": second_msg, "correlation_id": f"race-{i}"},
+            idempotency_key=f"race-{second_msg['stable_id']}-{i}") for i in range(2)]
+    done = _wait(lambda: _run_done(stack, second_msg["stable_id"], 2), 300, "both racing runs to end")
+    assert {r.state.type.value for r in done} == {"COMPLETED"}
+    first, last = sorted(done, key=lambda r: r.start_time)
+    assert last.start_time < first.end_time, "the runs did not overlap; nothing was raced"
+    decrypts = _decrypt_task_runs(stack, [r.id for r in racers])
+    assert len(decrypts) == 1, [(t.name, t.state.name) for t in decrypts]
+    objects, temporaries, staged = _vault_and_temporaries(stack, second_msg["stable_id"])
+    assert len(objects) == 1 and temporaries == [] and staged == []
+
+    # A resend of a completed message is answered again, with no new run and no new work.
+    before = len(ops.replies_for(msg["stable_id"], "files.completed"))
+    _publish([msg], ops.files_q)
+    _wait(lambda: len(ops.replies_for(msg["stable_id"], "files.completed")) > before, 60, "the answer again")
+    assert len(_runs(stack, msg["stable_id"])) == 1
+    assert len(_decrypt_task_runs(stack, [runs[0].id])) == 1
+    assert f"→ already completed flow run {runs[0].name} ({runs[0].id}), attempt 1; answered files.completed " \
+           "again" in ops.listener_log.read_text()
