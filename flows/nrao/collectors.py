@@ -9,6 +9,8 @@ each product type are in docs/nrao.md.
 """
 from __future__ import annotations
 
+import contextlib
+import gzip as gzip_format
 import json
 import os
 import re
@@ -420,9 +422,15 @@ def _walk(root: Path, top: Path, arcname: str) -> Iterator[tuple[Path, str]]:
 
 def _write_tar(area: StagingArea, name: str, root: Path, entries: list[tuple[Path, str]], *,
                gzip: bool = False) -> str:
-    """Stream a tar (``w|``: no seeking, constant memory) into staging, atomically."""
+    """Stream a tar (``w|``: no seeking, constant memory) into staging, atomically.
+
+    The same source gives the same bytes (a gzip header with mtime 0, members as the source has
+    them), so a re-run after a failure finds its earlier NGAS copy identical and need not push it.
+    """
     with area.atomic_writer(name) as fh:
-        with tarfile.open(fileobj=fh, mode="w|gz" if gzip else "w|", format=tarfile.PAX_FORMAT) as tar:
+        compressed = gzip_format.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) if gzip \
+            else contextlib.nullcontext(fh)
+        with compressed as out, tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             tar.copybufsize = BLOCK_SIZE
             for top, arc in entries:
                 check_relative_name(arc, what="tar member")
