@@ -222,6 +222,10 @@ def build_adapter(kind: str, *, config_block: str = "default", parameter: str | 
     from deployments.adapters import EgaAdapter, JsonAdapter
 
     broker = load_block(BrokerBlock, config_block)
+    if kind == "ega" and broker.protocol == "sda":
+        from deployments.sda_adapter import SdaAdapter
+
+        return SdaAdapter(broker.transport(), broker.sda_exchange)
     if kind == "ega":
         return EgaAdapter(broker.transport(), broker.status_exchange)
     return JsonAdapter(broker.transport(), parameter=parameter)

@@ -117,8 +117,25 @@ def _cancel(cfg: EgaConfig, trig: IngestionTrigger, raw: dict[str, Any], correla
     except BaseException as exc:
         sda_steps.report_failure(cfg, raw, correlation_id, exc, None, None, user_error=False)
         raise
+    for run_id in result.pop("ingest_runs", []):
+        _mark_undone(run_id, f"cancelled by CEGA: {trig.user}/{trig.filepath}")
     get_run_logger().info("cancel of %s/%s: %s", trig.user, trig.filepath, result["state"])
     return result
+
+
+def _mark_undone(flow_run_id: str, message: str) -> None:
+    """An ingest run that had Completed (awaiting accession) and is now undone shows Cancelled, so the UI
+    tells the truth and a re-sent trigger of that upload starts a new attempt. A live run is left to
+    stop itself at its next step (killing it would strand its staged file)."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_completed():
+                client.set_flow_run_state(flow_run_id, Cancelled(message=message), force=True)
+    except Exception as exc:  # noqa: BLE001 - the registry already records the cancel; the UI is secondary
+        get_run_logger().warning("could not mark run %s cancelled: %s", flow_run_id, exc)
 
 
 def _accession(cfg: EgaConfig, acc: IngestionAccession, raw: dict[str, Any],
@@ -128,9 +145,9 @@ def _accession(cfg: EgaConfig, acc: IngestionAccession, raw: dict[str, Any],
     except BaseException as exc:
         sda_steps.report_failure(cfg, raw, correlation_id, exc, None, None, user_error=is_user_error(exc))
         raise
-    if done.get("state") == "CANCELLED":
+    if done.get("state") == "CANCELLED":  # ends Cancelled: a re-sent accession is never answered as completed
         get_run_logger().info("%s", done["error"])
-        return done
+        return Cancelled(message=done["error"])
     get_run_logger().info("%s completed: %s/%s at %s", acc.accession_id, acc.user, acc.filepath, done["archive_uri"])
     return _report(sda_steps.summary(done, "COMPLETED"), done["ingest_id"], cfg)
 

@@ -188,8 +188,12 @@ def cancel(cfg: EgaConfig, trig: IngestionTrigger, correlation_id: str | None,
                                           details={"protocol": "sda", "user": trig.user, "filepath": trig.filepath})
     cancelled, completed = sda_records.record_cancel(cfg.registry, trig.user, trig.filepath,
                                                      enc[1] if enc else None, correlation_id, received_at)
-    removed = []
+    removed, runs = [], []
     for row in cancelled:
+        if row["status"] == "cancelled" and row.get("ingest_id"):
+            found = cfg.registry.execute("SELECT flow_run_id FROM ingests WHERE id = %s", (row["ingest_id"],))
+            if found and found[0]["flow_run_id"]:
+                runs.append(str(found[0]["flow_run_id"]))
         if row.get("sda_file_id"):
             key = sda_records.vault_key(row["sda_file_id"])
             if cfg.vault.exists(key):
@@ -207,7 +211,7 @@ def cancel(cfg: EgaConfig, trig: IngestionTrigger, correlation_id: str | None,
         # Nothing to undo yet: the cancel is kept and calls off an ingest whose trigger came before it.
         _record_cancelled(cfg, ingest.id, None, "cancelled by CEGA before the ingest started")
     return {"state": "CANCELLED", "user": trig.user, "filepath": trig.filepath, "cancelled_uploads": len(cancelled),
-            "removed": removed}
+            "removed": removed, "ingest_runs": sorted(set(runs))}
 
 
 # ---------------------------------------------------------------- accession run
