@@ -275,7 +275,8 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
 REGISTRARS = [_register_init, _register_outbox, _register_demo]
 
 for _module in ("flows.ega.cli", "flows.apt.cli", "flows.fits.cli", "flows.nrao.cli", "flows.fixity.cli",
-                "flows.status.cli", "flows.reconcile.cli", "deployments.cli"):
+                "flows.status.cli", "flows.reconcile.cli", "deployments.cli",
+                "deployments.server_settings"):
     try:
         REGISTRARS.append(importlib.import_module(_module).register)
     except ModuleNotFoundError as _exc:

@@ -53,14 +53,16 @@ def main(argv: list[str] | None = None, *, warm: bool = False) -> int:
             code = run_in_runner(home(), argv)
             if code is not None:
                 return code
-    if not args.verbose:
+    if not args.verbose and getattr(args, "needs_api", True):  # (commands without flows import no Prefect)
         from tasks.run_logging import quiet_console_tracebacks
 
         quiet_console_tracebacks()
     try:
         return int(args.handler(args) or 0)
     finally:
-        if "prefect.events.worker" in sys.modules:  # ship the run's events now, not in a noisy atexit
+        if getattr(args, "needs_api", True) and "prefect.events.worker" in sys.modules:
+            # ship the run's logs and events now, not in a noisy atexit (never without an API: that
+            # would make Prefect start a temporary server)
             from flows.cli_common import drain_prefect_workers
 
             try:
