@@ -6,6 +6,11 @@ register → stage → check what is recorded → manifest + ingestion artifacts
 Each step is safe to repeat: staging is rebuilt from scratch under a directory named
 after the request, files NGAS already confirmed in this run are not pushed again on a
 retry, and registry rows are written in one transaction only after every CRC matched.
+
+A re-run of a request that failed or crashed part-way (the same ingest) takes the locators
+its earlier attempt gave out, so every file keeps its NGAS file id, and a file NGAS already
+confirmed with identical bytes (same size and sha256, and NGAS still lists that version) is
+not pushed again (records.attempt_*).
 """
 from __future__ import annotations
 
@@ -26,10 +31,11 @@ from flows.nrao.collectors import COLLECTORS, StagedProduct
 from flows.nrao.envoy import images_metadata
 from flows.nrao.fits_metadata import ImageMetadata
 from flows.nrao.manifest import LOCATOR_KIND, ArchiveItem, IngestionManifest, archive_plan, finish_setup
-from flows.nrao.ngas import ArchiveResult, NgasClient, NgasError
+from flows.nrao.ngas import ArchiveResult, NgasClient, NgasError, NgasFileUnavailable
 from flows.nrao.products import (AUX_IMAGE_METADATA, MANIFEST_FILENAME, IngestionType, Telescope, check_locator,
                                  new_locator)
 from flows.reporting import Progress
+from tasks.checksum import hash_file
 from tasks.errors import UserError
 from tasks.notify import Notification, notify
 from tasks.registry import Registry
@@ -160,6 +166,7 @@ class Plan:
     owner: dict[str, str]             # staged name → science product file name (absent: group level)
     images: dict[str, ImageMetadata]
     known: records.Known
+    group: str = ""                   # the ingest's natural key: where the attempt's own rows live
 
     @property
     def total_bytes(self) -> int:
@@ -288,60 +295,141 @@ def prepare(cfg: NraoConfig, req: NraoRequest, staged: Staged, known: records.Kn
     """Write the manifest and the ingestion artifacts tar, then decide every file's NGAS id.
 
     Image headers are read here, before anything is pushed, so a bad FITS stops the
-    ingest while NGAS is still untouched.
+    ingest while NGAS is still untouched. Locators come from the registry (a reingest),
+    else from an earlier attempt of this ingest, else they are minted; a real run keeps
+    them (``nrao_attempt_locators``) before the first push.
     """
     product = staged.product
+    group = natural_key(req, staged.source)
     manifest = finish_setup(product, telescope=req.telescope, input_locator=staged.input_locator,
                             reingest=req.reingest, ngas_ingest=not req.dry_run)
     images = images_metadata(product)
-    science: list[records.ScienceEntry] = []
-    locators: dict[str, str] = {}
-    for sp in manifest.science_products:
-        recorded = known.by_name.get(sp.filename)
-        loc = recorded or new_locator(req.telescope, LOCATOR_KIND.get(sp.type, sp.type.value))
-        locators[sp.filename] = loc
-        science.append(records.ScienceEntry(sp.filename, sp.type.value, loc, minted=recorded is None))
-        for a in sp.ancillary_products:
-            if a.filename in known.by_name:
-                locators[a.filename] = known.by_name[a.filename]
-    for a in manifest.ancillary_products:
-        # Timestamped artifacts get a new name on every ingest; a reingest keeps their locator
-        # by type, so NGAS stores a new version of the same file id.
-        loc = known.by_name.get(a.filename) or known.by_role.get(a.type.value)
-        if loc:
-            locators[a.filename] = loc
-    items = archive_plan(product, manifest, locators=locators)
+    if req.dry_run:
+        earlier = records.attempt_locators_readonly(cfg.read_only_registry(), group)
+    else:
+        earlier = records.attempt_locators(cfg.registry, group)
+    for _ in range(2):  # a second pass only if another run of the request stored other locators first
+        science, items, slots = _assign_locators(req, product, manifest, known, earlier)
+        if req.dry_run:
+            break
+        stored = records.save_attempt_locators(cfg.registry, group, slots)
+        if all(stored.get(slot) == loc for slot, loc in slots.items()):
+            break
+        earlier = stored
+    else:
+        raise NgasError(f"could not settle the locators of {group}: another run keeps changing them")
+    if any(loc == earlier.get(slot) for slot, loc in slots.items()):
+        _logger().info("re-run of %s: reusing the locators of its earlier attempt", group)
     owner: dict[str, str] = {}
     for sp in manifest.science_products:
         for name in (sp.members or (sp.filename,)) + tuple(a.filename for a in sp.ancillary_products):
             owner[name] = sp.filename
-    return Plan(manifest, items, science, owner, images, known)
+    return Plan(manifest, items, science, owner, images, known, group)
+
+
+def _assign_locators(req: NraoRequest, product: StagedProduct, manifest: IngestionManifest, known: records.Known,
+                     earlier: dict[str, str]) -> tuple[list[records.ScienceEntry], list[ArchiveItem], dict[str, str]]:
+    """Science entries, the archive plan, and the locator of every slot (what an attempt keeps)."""
+    science: list[records.ScienceEntry] = []
+    locators: dict[str, str] = {}
+    for sp in manifest.science_products:
+        recorded = known.by_name.get(sp.filename)
+        loc = recorded or earlier.get(sp.filename) or new_locator(req.telescope,
+                                                                   LOCATOR_KIND.get(sp.type, sp.type.value))
+        locators[sp.filename] = loc
+        science.append(records.ScienceEntry(sp.filename, sp.type.value, loc, minted=recorded is None))
+        for a in sp.ancillary_products:
+            if a.filename in known.by_name or a.filename in earlier:
+                locators[a.filename] = known.by_name.get(a.filename) or earlier[a.filename]
+    for a in manifest.ancillary_products:
+        # Timestamped artifacts get a new name on every ingest; a reingest (or a re-run) keeps their
+        # locator by type, so NGAS stores a new version of the same file id.
+        loc = known.by_name.get(a.filename) or known.by_role.get(a.type.value) or earlier.get(_role_slot(a.type.value))
+        if loc:
+            locators[a.filename] = loc
+    items = archive_plan(product, manifest, locators=locators)
+    by_name = {i.name: i.locator for i in items}
+    slots = {sp.filename: sp.locator for sp in science}
+    for sp in manifest.science_products:
+        slots.update({a.filename: by_name[a.filename] for a in sp.ancillary_products})
+    slots.update({_role_slot(a.type.value): by_name[a.filename] for a in manifest.ancillary_products})
+    return science, items, slots
+
+
+def _role_slot(role: str) -> str:
+    return f"role:{role}"
 
 
 # ---------------------------------------------------------------- 5. archive
 
 
 def archive(cfg: NraoConfig, plan: Plan, progress: ArchiveProgress) -> list[records.ArchivedFile]:
-    """Push every planned file to NGAS in order; each counts only once NGAS confirmed its CRC."""
+    """Push every planned file to NGAS in order; each counts only once NGAS confirmed its CRC.
+
+    Each confirmed file is kept on the attempt's books at once (``nrao_attempt_files``), and a
+    file an earlier attempt of this ingest already archived with the same bytes is taken from
+    there instead of being pushed again.
+    """
     client = cfg.ngas
+    earlier = records.attempt_files(cfg.registry, plan.group) if plan.group else {}
+    ingest = cfg.registry.get_ingest(DOMAIN, plan.group) if plan.group else None
     bar = Progress(f"archive {len(plan.items)} file(s) to NGAS", plan.total_bytes)
     for item in plan.items:
         if item.name in progress.done:
             bar.advance(progress.done[item.name].size)
             continue
+        prior = earlier.get(item.file_id)
+        reused = already_archived(cfg, plan, item, prior) if prior else None
+        if reused is not None:
+            _logger().info("%s is already in NGAS as %s version %d (archived by an earlier attempt, same sha256); "
+                           "not pushed again", item.name, reused.ngas_file_id, reused.file_version)
+            progress.done[item.name] = reused
+            bar.advance(reused.size)
+            continue
         try:
             result = client.archive(item.path, file_id=item.file_id, mime_type=item.mime_type,
-                                    extra_algorithms=EXTRA_DIGESTS)
+                                    extra_algorithms=EXTRA_DIGESTS, label=item.name)
         except NgasError as exc:
             _logger().error("NGAS did not archive %s as %s: %s", item.name, item.file_id, exc.message)
             raise
         _logger().info("NGAS archived %s as %s version %d (%d bytes, %s %s, %d attempt(s)): %s", item.name,
                  result.file_id, result.file_version, result.file_size, result.checksum_plugin, result.checksum,
                  result.attempts, result.status.message)
-        progress.done[item.name] = archived_file(cfg, plan, item, result)
+        done = archived_file(cfg, plan, item, result)
+        if plan.group:
+            records.save_attempt_file(cfg.registry, plan.group, ingest.id if ingest else None, done, cfg.ngas_url)
+        progress.done[item.name] = done
         bar.advance(result.file_size)
     bar.finish()
     return [progress.done[item.name] for item in plan.items]
+
+
+def already_archived(cfg: NraoConfig, plan: Plan, item: ArchiveItem,
+                     prior: dict[str, Any]) -> records.ArchivedFile | None:
+    """The earlier attempt's version of this file, if its bytes are the staged bytes and NGAS still has it.
+
+    Size first (free), then one local sha256 read, then NGAS's own record of that version (size and
+    CRC): a version that vanished, or a server that is not the one the attempt used, means a push.
+    """
+    size = item.path.stat().st_size
+    sha256 = (prior.get("checksums") or {}).get("sha256")
+    if prior["size"] != size or not sha256:
+        return None
+    if hash_file(item.path, ("sha256",)).checksums["sha256"] != sha256:
+        return None
+    try:
+        fs = cfg.ngas.file_status(item.file_id, prior["file_version"])
+    except NgasFileUnavailable:
+        return None
+    if fs.file_version != prior["file_version"] or fs.file_size != size or fs.checksum is None or \
+            int(fs.checksum) & 0xFFFFFFFF != int(prior["ngas_checksum"]) & 0xFFFFFFFF:
+        return None
+    return records.ArchivedFile(
+        name=item.name, product=plan.owner.get(item.name), locator=item.locator, role=item.product_type,
+        ngas_file_id=item.file_id, file_version=prior["file_version"], size=size, mime_type=item.mime_type,
+        checksums=dict(prior["checksums"]), ngas_checksum=prior["ngas_checksum"],
+        ngas_checksum_plugin=prior["ngas_checksum_plugin"], ngas_disk_id=prior["ngas_disk_id"],
+        uri=cfg.file_uri(item.file_id, prior["file_version"]))
 
 
 def archived_file(cfg: NraoConfig, plan: Plan, item: ArchiveItem, result: ArchiveResult) -> records.ArchivedFile:
