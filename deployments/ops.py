@@ -32,6 +32,8 @@ SCHEDULED = {  # deployment name -> flow name, for the ones prefect.yaml schedul
     "ega-inbox": "notify-inbox",
     "fits-work-orders": "process-fits-work-orders",
     "reconcile": "reconcile",
+    "fixity": "fixity-audit",
+    "archive-status": "archive-status",
 }
 DEFAULT_HEARTBEAT_SECONDS = 60  # Prefect's floor is 30; its default, 180, leaves a dead worker's run Running 9+ min
 ZOMBIE_AUTOMATION = "ingest: crash runs whose heartbeats stopped"
