@@ -98,6 +98,8 @@ def convert(value: Any, spec: Keyword) -> Any:
     try:
         if spec.type == "text":
             return str(value).rstrip() if isinstance(value, str) else _format_scalar(value)
+        if spec.keyword.upper() == "WAVEUNIT" and isinstance(value, str):
+            return wave_unit_exponent(value)
         if spec.type == "integer":
             return _to_int(value)
         if spec.type == "real":
@@ -112,11 +114,36 @@ def convert(value: Any, spec: Keyword) -> Any:
 _TYPE_WORDS = {"integer": "integer", "real": "real number", "datetime": "date-time", "text": "text value"}
 
 
+# WAVEUNIT is the power of ten of the wavelength unit in metres (SOLARNET); many files write the unit.
+WAVE_UNITS = {"m": 0, "cm": -2, "mm": -3, "um": -6, "µm": -6, "micron": -6, "microns": -6, "micrometer": -6,
+              "micrometre": -6, "nm": -9, "nanometer": -9, "nanometre": -9, "angstrom": -10, "angstroms": -10,
+              "ångström": -10, "aa": -10, "a": -10, "pm": -12, "picometer": -12, "picometre": -12}
+
+
+def wave_unit_exponent(value: str) -> int:
+    """``'angstrom'`` → -10, ``'nm'`` → -9, ``'-10'`` → -10: WAVEUNIT as the integer the standard means."""
+    text = value.strip()
+    try:
+        return _to_int(text)
+    except ValueError:
+        pass
+    exponent = WAVE_UNITS.get(text.lower())
+    if exponent is None:
+        raise ValueError(f"neither a power of ten nor a known length unit ({', '.join(sorted(WAVE_UNITS))})")
+    return exponent
+
+
 def parse_datetime(value: Any) -> dt.datetime:
-    """``%Y-%m-%dT%H:%M:%S[.%f]``; a bare ``%Y-%m-%d`` (allowed by FITS) means midnight."""
+    """ISO 8601 as FITS writes it, ``%Y-%m-%dT%H:%M:%S[.%f]``; a bare ``%Y-%m-%d`` (allowed by FITS) means
+    midnight. Common practice is accepted too: a space instead of the ``T`` and a trailing ``Z`` (FITS
+    times are UTC anyway). The two-digit-year ``DD/MM/YY`` of pre-2000 files stays refused: it is
+    ambiguous, and the keywords we type (DATE-BEG, ...) postdate it."""
     if isinstance(value, dt.datetime):
         return value
     text = str(value).strip()
+    text = re.sub(r"^(\d{4}-\d{2}-\d{2})[ ]+(?=\d{2}:)", r"\1T", text)
+    if text.endswith("Z"):
+        text = text[:-1]
     for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
         try:
             return dt.datetime.strptime(text, fmt)

@@ -52,7 +52,11 @@ class VideoPreview:
 
 
 def sibling(cube_path: str | Path, suffix: str) -> Path:
-    return Path(cube_path).with_suffix(suffix)
+    """``cube.fits`` / ``cube.fits.gz`` / ``cube.fts`` → ``cube<suffix>`` beside it."""
+    from flows.fits.names import fits_stem
+
+    path = Path(cube_path)
+    return path.with_name(fits_stem(path.name) + suffix)
 
 
 def image_source_key(cube_path: str | Path, cube_change_key: str) -> str:
@@ -63,14 +67,21 @@ def image_source_key(cube_path: str | Path, cube_change_key: str) -> str:
 
 
 def make_image_previews(cube_path: str | Path, out_dir: str | Path, *, cube_change_key: str,
-                        previous_key: str | None = None) -> ImagePreviews:
-    """Full-size JPEG + 78-px PNG thumbnail from the sibling PNG, else from the cube's middle frame."""
+                        previous_key: str | None = None, sibling_of: str | Path | None = None) -> ImagePreviews:
+    """Full-size JPEG + 78-px PNG thumbnail from the sibling PNG, else from the cube's middle frame.
+
+    ``cube_path`` is read; ``sibling_of`` (default: the same) is the stored file, whose name gives
+    the outputs' stem and beside which the PNG is looked for (a gzipped cube is read from a copy).
+    """
+    from flows.fits.names import fits_stem
+
     cube_path = Path(cube_path)
+    stored = Path(sibling_of) if sibling_of is not None else cube_path
     area = StagingArea(out_dir)
-    stem = cube_path.stem
+    stem = fits_stem(stored.name)
     full_name, thumb_name = f"{stem}.jpg", f"{stem}.thumb.png"
-    key = image_source_key(cube_path, cube_change_key)
-    png = sibling(cube_path, ".png")
+    key = image_source_key(stored, cube_change_key)
+    png = sibling(stored, ".png")
     source = "png" if key.startswith("png-") else "cube"
 
     full, thumb = area.path(full_name), area.path(thumb_name)
@@ -107,10 +118,11 @@ def read_preview_frame(cube_path: str | Path) -> np.ndarray:
         warnings.simplefilter("ignore")
         try:
             with fits.open(cube_path, lazy_load_hdus=True, memmap=True, mode="readonly") as hdul:
-                hdu = hdul[0]
-                naxis = int(hdu.header.get("NAXIS", 0))
-                if naxis < 2:
-                    raise UserError(f"{cube_path.name} has no image in its primary HDU to preview")
+                hdu = _first_image(hdul)
+                naxis = int(hdu.header.get("NAXIS", 0)) if hdu is not None else 0
+                if hdu is None or naxis < 2:
+                    raise UserError(f"{cube_path.name} has no image in its primary HDU (nor in an image "
+                                    "extension) to preview")
                 shape = tuple(int(hdu.header[f"NAXIS{n}"]) for n in range(naxis, 0, -1))
                 if any(n == 0 for n in shape):
                     raise UserError(f"{cube_path.name} has an empty image axis")
@@ -124,6 +136,19 @@ def read_preview_frame(cube_path: str | Path) -> np.ndarray:
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise UserError(f"cannot read a preview frame from {cube_path.name}: {exc}") from exc
     return frame
+
+
+def _first_image(hdul):
+    """The primary HDU when it holds an image, else the first image extension (fpack's ``.fz`` files
+    keep the image in a compressed extension behind an empty primary)."""
+    from astropy.io import fits
+
+    for index in range(len(hdul)):
+        hdu = hdul[index]
+        image = isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+        if image and int(hdu.header.get("NAXIS", 0)) >= 2:
+            return hdu
+    return None
 
 
 def render_frame(frame: np.ndarray) -> np.ndarray:
@@ -159,7 +184,7 @@ def make_video_preview(cube_path: str | Path, out_dir: str | Path, *, previous_k
     if key is None:
         return None
     area = StagingArea(out_dir)
-    name = f"{cube_path.stem}.webm"
+    name = f"{sibling(cube_path, '').name}.webm"
     target = area.path(name)
     if previous_key == key and target.is_file():
         return VideoPreview(target, key, regenerated=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.fits import records
+from flows.fits.names import accepted_names, decompress, is_fits_name, is_gzipped
 from flows.fits.records import CubeRows
 from tasks import registry as reg
 from tasks.errors import UserError, is_user_error
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 DOMAIN = records.DOMAIN
 AGENT = "archive-ingest/fits"
 STATUS_EXCHANGE = "fits"
-FITS_SUFFIX = ".fits"
+FITS_SUFFIX = ".fits"          # what the pipeline writes; names.FITS_SUFFIXES lists everything accepted
 
 
 def run_logger() -> Any:
@@ -115,8 +116,8 @@ def resolve_path(science_root: Path, path: str) -> tuple[str, Path]:
     text = str(path or "").strip()
     if not text:
         raise UserError("no cube path given")
-    if not text.lower().endswith(FITS_SUFFIX):
-        raise UserError(f"{text!r} is not a FITS cube: the file name must end in {FITS_SUFFIX}")
+    if not is_fits_name(text):
+        raise UserError(f"{text!r} is not a FITS cube: the file name must end in one of {accepted_names()}")
     base = Path(science_root).resolve()
     if os.path.isabs(text):
         absolute = Path(text).resolve()
@@ -127,8 +128,9 @@ def resolve_path(science_root: Path, path: str) -> tuple[str, Path]:
             absolute = confine(base, text)
         except UserError as exc:
             raise UserError(f"{text!r} is outside the science-data root {base}: {exc.message}") from exc
-    if not absolute.name.lower().endswith(FITS_SUFFIX):
-        raise UserError(f"{text!r} resolves to {absolute.name}, which is not a .fits file")
+    if not is_fits_name(absolute.name):
+        raise UserError(f"{text!r} resolves to {absolute.name}, which is not named as a FITS file "
+                        f"({accepted_names()})")
     relative = absolute.relative_to(base).as_posix()
     if not absolute.is_file():
         raise UserError(f"no cube {relative} under the science-data root {base}")
@@ -163,7 +165,7 @@ def find_cubes(science_root: Path, directory: Path) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames.sort()
         for name in sorted(filenames):
-            if name.lower().endswith(FITS_SUFFIX) and not name.startswith("."):
+            if is_fits_name(name) and not name.startswith("."):
                 found.append((Path(dirpath) / name).relative_to(base).as_posix())
     return found
 
@@ -179,6 +181,34 @@ class Order:
     attempts: int
     oid: str | None
     completed_change_key: str | None
+
+    @property
+    def size(self) -> int:
+        """Bytes of the stored file (for a .gz, the compressed file: what the archive and the SVO hold)."""
+        return self.absolute.stat().st_size
+
+    @property
+    def staged(self) -> Path | None:
+        """Where this attempt keeps the decompressed copy of a gzipped cube (None: read the file itself)."""
+        if not is_gzipped(self.absolute.name):
+            return None
+        return home_path("staging") / "fits" / f"order-{self.id}-{self.attempts}.fits"
+
+    @property
+    def data_path(self) -> Path:
+        """A plain FITS file to read: the cube itself, or its decompressed copy (made on first use,
+        and again if something removed it between steps)."""
+        staged = self.staged
+        if staged is None:
+            return self.absolute
+        if not staged.is_file():
+            decompress(self.absolute, staged)
+        return staged
+
+    def drop_staged(self) -> None:
+        staged = self.staged
+        if staged is not None:
+            staged.unlink(missing_ok=True)
 
 
 def open_order(cfg: FitsConfig, request: CubeRequest, flow_run_id: str | None = None) -> Order:
@@ -222,7 +252,7 @@ def examine(cfg: FitsConfig, order: Order, request: CubeRequest) -> Examined:
     from flows.fits.header import read_headers
     from tasks.checksum import hash_file
 
-    headers = read_headers(order.absolute)
+    headers = read_headers(order.data_path)
     values = [h.header.get("CHECKSUM") for h in headers.hdus]
     sha256 = None
     if values and all(isinstance(v, str) and v.strip() for v in values):
@@ -234,7 +264,7 @@ def examine(cfg: FitsConfig, order: Order, request: CubeRequest) -> Examined:
     cube = None
     if not request.force and order.completed_change_key == key and order.oid and request.oid in (None, order.oid):
         cube = records.get_cube(cfg.registry, order.oid)
-        if cube is not None and (cube["size"] != headers.size or cube["path"] != order.path):
+        if cube is not None and (cube["size"] != order.size or cube["path"] != order.path):
             cube = None
     return Examined(headers, key, sha256, skip=cube is not None, cube=cube)
 
@@ -296,7 +326,7 @@ def verify(cfg: FitsConfig, order: Order, examined: Examined) -> list[dict[str, 
 
     return [{"index": c.index, "name": c.name or ("PRIMARY" if c.index == 0 else ""),
              "checksum": c.checksum.name, "datasum": c.datasum.name, "value": c.checksum_value}
-            for c in verify_checksums(order.absolute)]
+            for c in verify_checksums(order.data_path)]
 
 
 # ---------------------------------------------------------------- 5-11. describe
@@ -322,8 +352,9 @@ def describe(cfg: FitsConfig, order: Order, request: CubeRequest, examined: Exam
     # Instrument first: for a file from elsewhere "unknown instrument" is the useful answer.
     instrument = instrument_name(primary, known_instruments(cfg.registry))
     meta = extract_metadata(primary)
-    extensions = read_extension_data(order.absolute)
+    extensions = read_extension_data(order.data_path)
     oid = observation_id(primary, filename=name, scan_numbers=extensions.scan_numbers, oid=request.oid)
+    check_oid_is_free(cfg, oid, order.path)
     obs = observation(primary, name)
     release = release_info(primary)
     grants = access_grants(request.owner_emails, request.swedish_data)
@@ -344,7 +375,7 @@ def describe(cfg: FitsConfig, order: Order, request: CubeRequest, examined: Exam
     date_beg = meta.columns.get("date_beg")
     date_end = meta.columns.get("date_end")
     return CubeRows(
-        oid=oid, path=order.path, filename=name, size=headers.size, instrument=instrument,
+        oid=oid, path=order.path, filename=name, size=order.size, instrument=instrument,
         observation_key=obs.key, grouping=str(obs.grouping), change_key=examined.change_key,
         checksums=checksum_summary(examined, checksums),
         date_beg=date_beg if isinstance(date_beg, dt.datetime) else None,
@@ -355,6 +386,19 @@ def describe(cfg: FitsConfig, order: Order, request: CubeRequest, examined: Exam
         features=tags.features, events=tags.events, features_ingested=tags.features_ingested,
         events_ingested=tags.events_ingested, unmatched_tags=tags.unmatched, extension_data=ext_data,
     )
+
+
+def check_oid_is_free(cfg: FitsConfig, oid: str, path: str) -> None:
+    """One OID, one file. The OID's record follows a cube that *moved* (its old file is gone); while
+    the recorded file still exists, a second file claiming the same OID is a UserError naming both,
+    checked before anything is written. Without it the two files took turns owning the record."""
+    recorded = records.get_cube(cfg.registry, oid)
+    if recorded is None or recorded["path"] == path:
+        return
+    if (Path(cfg.science_root) / recorded["path"]).exists():
+        raise UserError(f"{path} has observation id {oid}, which already belongs to {recorded['path']}: two "
+                        "files cannot share one OID. Remove or rename one of them, or ingest this one with "
+                        "its own --oid")
 
 
 def checksum_summary(examined: Examined, checksums: list[dict[str, Any]]) -> dict[str, Any]:
@@ -402,29 +446,49 @@ def record(cfg: FitsConfig, order: Order, rows: CubeRows, flow_run_id: str | Non
 
 
 def make_previews(cfg: FitsConfig, order: Order, recorded: Recorded, change_key: str) -> dict[str, Any]:
-    """JPEG + 78-px thumbnail and (with ffmpeg) a WebM; each only when its source changed."""
+    """JPEG + 78-px thumbnail and (with ffmpeg) a WebM; each only when its source changed.
+
+    A preview is a convenience, not part of the archived cube, and this step runs after the cube is
+    recorded: a preview that cannot be made from the input (no image in the primary HDU, an
+    unreadable PNG, a .mov ffmpeg refuses) is a note in the result and a failed ``creation`` event,
+    never a failed ingest. Anything else (a full disk, a dead registry) is transient and retried.
+    """
     from flows.fits.previews import make_image_previews, make_video_preview, sibling
 
     cube = recorded.cube
     out_dir = cfg.preview_root / Path(order.path).parent
     previous = records.previews(cfg.registry, cube["id"])
-    image = make_image_previews(order.absolute, out_dir, cube_change_key=change_key,
-                                previous_key=(previous.get("image") or {}).get("source_key"))
-    records.upsert_preview(cfg.registry, cube["id"], "image", path=str(image.full_size),
-                           thumbnail_path=str(image.thumbnail), source=image.source, source_key=image.source_key,
-                           width=image.width, height=image.height)
-    out: dict[str, Any] = {"image": str(image.full_size), "thumbnail": str(image.thumbnail), "source": image.source,
-                           "regenerated": image.regenerated}
-    video = make_video_preview(order.absolute, out_dir, previous_key=(previous.get("video") or {}).get("source_key"))
+    out: dict[str, Any] = {}
+    try:
+        image = make_image_previews(order.data_path, out_dir, cube_change_key=change_key,
+                                    previous_key=(previous.get("image") or {}).get("source_key"),
+                                    sibling_of=order.absolute)
+    except UserError as exc:
+        image = None
+        out.update(image=None, regenerated=False, note=f"no preview image: {exc.message}")
+        _preview_note(cfg, recorded, f"image-{change_key}", out["note"])
+    else:
+        records.upsert_preview(cfg.registry, cube["id"], "image", path=str(image.full_size),
+                               thumbnail_path=str(image.thumbnail), source=image.source,
+                               source_key=image.source_key, width=image.width, height=image.height)
+        out.update(image=str(image.full_size), thumbnail=str(image.thumbnail), source=image.source,
+                   regenerated=image.regenerated)
+    try:
+        video = make_video_preview(order.absolute, out_dir,
+                                   previous_key=(previous.get("video") or {}).get("source_key"))
+    except UserError as exc:
+        video = None
+        out.update(video=None, video_note=f"no video preview: {exc.message}")
+        _preview_note(cfg, recorded, "video", out["video_note"])
     if video is not None:
         records.upsert_preview(cfg.registry, cube["id"], "video", path=str(video.path), thumbnail_path=None,
                                source="mov", source_key=video.source_key)
         out["video"] = str(video.path)
         out["video_regenerated"] = video.regenerated
-    elif sibling(order.absolute, ".mov").is_file():
+    elif "video_note" not in out and sibling(order.absolute, ".mov").is_file():
         out["video"] = None
         out["video_note"] = "ffmpeg is not on PATH; the .mov was not converted"
-    if image.regenerated or (video is not None and video.regenerated):
+    if image is not None and (image.regenerated or (video is not None and video.regenerated)):
         ingest = cfg.registry.ingest_by_id(recorded.ingest_id)
         if ingest is not None:
             cfg.registry.record_event(ingest, reg.CREATION, subject=cube["oid"], agent=AGENT,
@@ -432,6 +496,14 @@ def make_previews(cfg: FitsConfig, order: Order, recorded: Recorded, change_key:
                                       detail=f"previews from {image.source}: {image.full_size.name}, "
                                              f"{image.thumbnail.name}" + (f", {video.path.name}" if video else ""))
     return out
+
+
+def _preview_note(cfg: FitsConfig, recorded: Recorded, what: str, note: str) -> None:
+    run_logger().warning("%s: %s", recorded.cube["oid"], note)
+    ingest = cfg.registry.ingest_by_id(recorded.ingest_id)
+    if ingest is not None:
+        cfg.registry.record_event(ingest, reg.CREATION, subject=recorded.cube["oid"], agent=AGENT,
+                                  outcome="failure", discriminator=f"previews-failed-{what}", detail=note)
 
 
 # ---------------------------------------------------------------- 13. SVO
@@ -496,6 +568,7 @@ def complete(cfg: FitsConfig, order: Order, examined: Examined, recorded: Record
                                   detail=f"{order.path} ({recorded.cube['size']} bytes)")
     cfg.registry.set_state(recorded.ingest_id, "skipped" if skipped else "completed",
                            details={"path": order.path, "change_key": examined.change_key})
+    order.drop_staged()
     return row
 
 
@@ -516,6 +589,7 @@ def fail(cfg: FitsConfig, order: Order | None, ingest_id: int | None, exc: BaseE
     row = None
     try:
         if order is not None:
+            order.drop_staged()
             row = records.fail_order(cfg.registry, order.id, reason, user_error=is_user_error(exc))
         if ingest_id is not None:
             cfg.registry.set_state(ingest_id, "failed", error=reason)

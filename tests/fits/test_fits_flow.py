@@ -55,7 +55,8 @@ def test_paths_must_be_fits_files_inside_the_science_root(tmp_path):
     for bad, message in [("../secret.fits", "outside the science-data root"),
                          (str(outside), "outside the science-data root"),
                          ("a/link.fits", "outside the science-data root"),
-                         ("a/c.fit", "must end in .fits"), ("a/c.fits.gz", "must end in .fits"),
+                         ("a/c.txt", "must end in one of .fits, .fit, .fts, .fz"), ("a/c.fits.zip", "must end in"),
+                         ("a/.fits", "not named as a FITS file"),
                          ("a/missing.fits", "no cube a/missing.fits"), ("", "no cube path")]:
         with pytest.raises(UserError, match=message):
             resolve_path(root, bad)
@@ -283,7 +284,7 @@ BAD = {
     "unknown instrument": (None, "unknown instrument INSTRUME='HMI'"),
     "empty DATASUM (memtest.fits)": (None, "empty DATASUM"),
     "outside the root": (None, "outside the science-data root"),
-    "not .fits": (None, "must end in .fits"),
+    "not .fits": (None, "must end in one of .fits"),
 }
 
 
@@ -338,7 +339,7 @@ def test_bad_input_is_a_clear_user_error_and_nothing_is_ingested(fits_env, capsy
         target = str(tmp_path / cube.name)
         shutil.copy(cube, target)
     elif case == "not .fits":
-        target = fits_env.rel(cube)[:-5] + ".fit"
+        target = fits_env.rel(cube)[:-5] + ".txt"
     code, summary = fits_env.cli(capsys, "fits", target)
     assert code == 1, summary
     assert summary["state"] == "failed" and re.search(message, summary["error"]), summary["error"]
@@ -545,3 +546,96 @@ def test_fits_access_before_and_after_release(fits_env, capsys):
     assert code == 0
     code, answer = fits_env.cli(capsys, "fits-access", "no-such-oid", "--user", "bob@example.org")
     assert code == 2 and "no cube" in answer["error"]
+
+
+# ------------------------------------------------------------------ awkward inputs (issues 13 and 14)
+
+
+@pytest.mark.integration
+@pytest.mark.prefect
+def test_a_cube_without_a_preview_image_is_ingested_with_a_note(fits_env):
+    """Its primary HDU has every keyword but no image: the preview cannot be made after the cube is
+    recorded. A preview is a note, not a failure: the ingest completes and nothing is half-written."""
+    made = fits_env.cube()
+    with fits.open(made) as hdul:
+        primary = fits.PrimaryHDU(header=hdul[0].header.copy())
+        for key in ("NAXIS1", "NAXIS2", "NAXIS3", "NAXIS4", "NAXIS5"):
+            primary.header.remove(key, ignore_missing=True)
+        fits.HDUList([primary, *[h.copy() for h in hdul[1:]]]).writeto(made, overwrite=True, checksum=True)
+    code, summary = fits_env.run(made)
+    assert code == 0 and summary["state"] == "ingested", summary
+    assert summary["previews"]["image"] is None and "no image in its primary HDU" in summary["previews"]["note"]
+    with fits_env.registry() as r:
+        assert len(r.execute("SELECT * FROM fits_cubes")) == 1 and r.execute("SELECT * FROM fits_previews") == []
+        order = _one(r, "SELECT * FROM fits_work_orders")
+        events = r.execute("SELECT event_type, outcome, detail FROM events WHERE event_type = 'creation'")
+    assert order["state"] == "Completed"
+    assert [(e["outcome"], "no image" in e["detail"]) for e in events] == [("failure", True)]
+
+
+@pytest.mark.integration
+@pytest.mark.prefect
+def test_two_files_with_one_oid_are_a_user_error_naming_both(fits_env):
+    first = fits_env.cube("2019-04-16/CRISP")
+    (fits_env.science / "copy").mkdir()
+    second = fits_env.science / "copy" / first.name
+    shutil.copy(first, second)
+    code, one = fits_env.run(first)
+    assert code == 0, one
+    for _ in range(2):                                   # never takes turns: the record stays with the first
+        code, other = fits_env.run(second)
+        assert code == 1 and other["state"] == "failed", other
+        assert fits_env.rel(first) in other["error"] and fits_env.rel(second) in other["error"]
+        assert "two files cannot share one OID" in other["error"] and "--oid" in other["error"]
+        code, again = fits_env.run(first)
+        assert code == 0 and again["state"] == "skipped", again
+    with fits_env.registry() as r:
+        assert [c["path"] for c in r.execute("SELECT path FROM fits_cubes")] == [fits_env.rel(first)]
+    code, own = fits_env.run(second, oid="copy-with-its-own-oid")
+    assert code == 0 and own["oid"] == "copy-with-its-own-oid", own
+    first.unlink()                                       # a cube that moved: its record follows it
+    (fits_env.science / "moved").mkdir()
+    moved = shutil.copy(second, fits_env.science / "moved" / first.name)
+    code, summary = fits_env.run(Path(moved))
+    assert code == 0 and summary["oid"] == one["oid"], summary
+    with fits_env.registry() as r:
+        assert _one(r, "SELECT path FROM fits_cubes WHERE oid = %s", (one["oid"],))["path"] == fits_env.rel(Path(moved))
+
+
+@pytest.mark.integration
+@pytest.mark.prefect
+def test_gzipped_fts_fit_and_fpacked_cubes_are_ingested(fits_env, capsys):
+    """The names FITS archives use; a .gz is decompressed in a stream into staging, which is empty after."""
+    import gzip
+
+    from tasks.home import home_path
+
+    base = fits_env.cube("wild", spec=CubeSpec(date_beg="2019-04-16T08:00:00.5"))
+    with open(base, "rb") as src, gzip.open(base.with_name("zipped.fits.gz"), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    base.unlink()
+    fits_env.cube("wild", filename="plain.fts", spec=CubeSpec(date_beg="2019-04-16T09:00:00.5"))
+    fits_env.cube("wild", filename="short.fit", spec=CubeSpec(date_beg="2019-04-16T10:00:00.5"))
+    spec = CubeSpec(date_beg="2019-04-16T11:00:00.5")
+    from cubes import cube_data, extension_hdus, primary_header
+
+    data = cube_data(spec)
+    packed = fits.HDUList([fits.PrimaryHDU(header=primary_header(spec)),
+                           fits.CompImageHDU(data=data[0, 0].astype(np.float32)), *extension_hdus(spec)])
+    packed.writeto(fits_env.science / "wild" / "packed.fits.fz", checksum=True)
+    code, summary = fits_env.cli(capsys, "fits-dir", "wild")
+    assert code == 0 and summary["counts"]["ingested"] == 4, summary
+    by_name = {r["path"].split("/")[-1]: r for r in summary["results"]}
+    assert sorted(by_name) == ["packed.fits.fz", "plain.fts", "short.fit", "zipped.fits.gz"]
+    gz = fits_env.science / "wild" / "zipped.fits.gz"
+    with fits_env.registry() as r:
+        cube = _one(r, "SELECT * FROM fits_cubes WHERE path = 'wild/zipped.fits.gz'")
+        previews = {p["path"] for p in r.execute("SELECT path FROM fits_previews WHERE kind = 'image'")}
+    assert cube["size"] == gz.stat().st_size and cube["oid"].startswith("2019-04-16T08:00:00.5_6173_")
+    assert str(fits_env.previews / "wild" / "zipped.jpg") in previews
+    assert str(fits_env.previews / "wild" / "packed.jpg") in previews          # from the compressed image HDU
+    staging = home_path("staging") / "fits"
+    assert not staging.exists() or list(staging.iterdir()) == []
+    code, again = fits_env.cli(capsys, "fits-dir", "wild")
+    assert code == 0 and again["counts"]["skipped"] == 4, again
+    assert not staging.exists() or list(staging.iterdir()) == []

@@ -157,3 +157,66 @@ def test_verify_checksums_names_the_failing_hdu():
     with pytest.raises(UserError, match=r"HDU 0 \(PRIMARY\)"):
         verify_checksums(ASTROPY_DATA / "checksum_false.fits")
     assert [c.checksum.name for c in verify_checksums(ASTROPY_DATA / "checksum.fits")] == ["OK", "OK"]
+
+
+def test_simple_false_is_explained_for_a_person(tmp_path):
+    path = tmp_path / "nonstandard.fits"
+    fits.PrimaryHDU(np.zeros((4, 4), dtype="f4")).writeto(path)
+    raw = bytearray(path.read_bytes())
+    raw[29] = ord("F")                                        # SIMPLE  =                    F
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError) as info:
+        read_headers(path)
+    message = str(info.value)
+    assert "SIMPLE = F" in message and "does not conform to the FITS standard" in message
+    assert "_NonstandardHDU" not in message and "attribute" not in message
+
+
+def test_a_tab_in_a_comment_card_is_accepted_as_astropy_accepts_it(tmp_path):
+    """A real Solar Orbiter SPICE L2 file has a tab in a COMMENT card: astropy reads it and only warns."""
+    path = tmp_path / "spice.fits"
+    hdu = fits.PrimaryHDU(np.zeros((4, 4), dtype="f4"))
+    hdu.header["COMMENT"] = "SPICE    level 2"
+    hdu.header["HISTORY"] = "made by hand"
+    hdu.writeto(path)
+    raw = bytearray(path.read_bytes())
+    for text in (b"SPICE    level 2", b"made by hand"):
+        raw[raw.find(text) + 5] = 9                           # a tab inside the commentary text
+    path.write_bytes(bytes(raw))
+    headers = read_headers(path)
+    assert "\t" in str(headers.primary["COMMENT"][0]) and "\t" in str(headers.primary["HISTORY"][0])
+    assert "\t" in extract_metadata(headers.primary).header_text
+    bad = tmp_path / "tab-in-value.fits"                      # outside commentary it is still refused
+    fits.PrimaryHDU(header=fits.Header([("OBSERVER", "a b")])).writeto(bad)
+    raw = bytearray(bad.read_bytes())
+    raw[raw.find(b"a b") + 1] = 9
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(UserError):
+        read_headers(bad)
+        extract_metadata(read_headers(bad).primary)
+
+
+def test_fits_names_and_gzip_are_read_in_a_stream(cube, tmp_path):
+    import gzip
+    import shutil
+
+    from flows.fits.names import decompress, fits_stem, fits_suffix, is_fits_name
+
+    assert [fits_suffix(n) for n in ("a.fits", "a.FTS", "a.fit", "a.fits.fz", "a.fits.gz", "a.fts.gz", "a.gz",
+                                     "a.fits.zip", ".fits")] == [".fits", ".FTS", ".fit", ".fits.fz", ".fits.gz",
+                                                                 ".fts.gz", None, None, None]
+    assert fits_stem("nb_6173.fits.gz") == "nb_6173" and not is_fits_name("notes.txt")
+    packed = tmp_path / "cube.fits.gz"
+    with open(cube, "rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    plain = decompress(packed, tmp_path / "staged" / "cube.fits")
+    assert plain.read_bytes() == cube.read_bytes() and not list((tmp_path / "staged").glob(".*part"))
+    cut = tmp_path / "cut.fits.gz"
+    cut.write_bytes(packed.read_bytes()[:-100])
+    with pytest.raises(UserError, match="not a readable gzip file"):
+        decompress(cut, tmp_path / "staged" / "cut.fits")
+    fake = tmp_path / "fake.fits.gz"
+    shutil.copy(cube, fake)
+    with pytest.raises(UserError, match="not one"):
+        decompress(fake, tmp_path / "staged" / "fake.fits")
+    assert sorted(p.name for p in (tmp_path / "staged").iterdir()) == ["cube.fits"]

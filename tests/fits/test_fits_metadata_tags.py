@@ -83,8 +83,25 @@ def test_values_that_do_not_fit_their_type_are_user_errors(key, value, words):
 def test_parse_datetime_formats():
     assert parse_datetime("2019-04-16T08:20:18") == dt.datetime(2019, 4, 16, 8, 20, 18)
     assert parse_datetime("2019-04-16T08:20:18.96758") == dt.datetime(2019, 4, 16, 8, 20, 18, 967580)
-    with pytest.raises(ValueError):
-        parse_datetime("2019-04-16 08:20:18")
+    # common practice: a space for the T, a trailing Z
+    assert parse_datetime("2019-04-16 08:20:18") == dt.datetime(2019, 4, 16, 8, 20, 18)
+    assert parse_datetime("2019-04-16  08:20:18.5Z") == dt.datetime(2019, 4, 16, 8, 20, 18, 500000)
+    for bad in ("2019-04-16X08:20:18", "16/04/97", "yesterday"):
+        with pytest.raises(ValueError):
+            parse_datetime(bad)
+
+
+def test_date_obs_with_a_space_and_a_wave_unit_by_name():
+    from astropy.io import fits
+
+    header = fits.Header([("DATE-OBS", "2019-04-16 08:20:18.25"), ("WAVEUNIT", "angstrom")])
+    columns = extract_metadata(header).columns
+    assert columns["date_obs"] == dt.datetime(2019, 4, 16, 8, 20, 18, 250000) and columns["waveunit"] == -10
+    for text, exponent in (("nm", -9), ("Angstroms", -10), ("-10", -10), ("um", -6)):
+        assert extract_metadata(fits.Header([("WAVEUNIT", text)])).columns["waveunit"] == exponent
+    assert extract_metadata(fits.Header([("WAVEUNIT", -9)])).columns["waveunit"] == -9
+    with pytest.raises(UserError, match="WAVEUNIT = 'furlong'"):
+        extract_metadata(fits.Header([("WAVEUNIT", "furlong")]))
 
 
 def test_tags_from_a_cube_use_the_vocabulary_spelling(cube):
