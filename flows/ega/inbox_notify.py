@@ -58,7 +58,17 @@ def scan_inbox(registry: Registry, transport: Any, inbox_root: Path, *, user: st
 scan_inbox_task = ingest_task(scan_inbox, name="scan-inbox")
 
 
-@flow(name="notify-inbox", description="Announce new or changed inbox uploads to CEGA (files.inbox).")
+def _scan_sda(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    from flows.ega.sda_inbox import scan_inbox_sda
+
+    return scan_inbox_sda(*args, **kwargs)
+
+
+scan_inbox_sda_task = ingest_task(_scan_sda, name="scan-inbox-sda")
+
+
+@flow(name="notify-inbox", description="Announce new or changed inbox uploads to CEGA (legacy: files.inbox; "
+                                       "sda: inbox-upload, inbox-rename, inbox-remove).")
 def notify_inbox(user: str | None = None, inbox_root: str | None = None, config_block: str = "default") -> dict:
     from blocks.broker import BrokerBlock
     from blocks.register import load_block
@@ -66,5 +76,9 @@ def notify_inbox(user: str | None = None, inbox_root: str | None = None, config_
 
     broker = load_block(BrokerBlock, config_block)
     with load_block(RegistryBlock, config_block).open() as registry:
+        if broker.protocol == "sda":  # inbox-upload / inbox-rename / inbox-remove on the node's exchange
+            return scan_inbox_sda_task(registry, broker.transport(),
+                                       Path(inbox_root) if inbox_root else home_path("inbox"), user=user,
+                                       exchange=broker.sda_exchange)
         return scan_inbox_task(registry, broker.transport(), Path(inbox_root) if inbox_root else home_path("inbox"),
                                user=user, exchange=broker.status_exchange)
