@@ -109,3 +109,29 @@ def test_parts_disagreeing_on_the_count_are_reported(apt_env: AptEnv, tmp_path: 
     code, second = apt_env.run(b)
     assert code == 0, second
     assert second["multipart"]["inconsistent_counts"] == [2, 3] and second["multipart"]["missing"] == [3]
+
+
+def test_runs_of_one_object_take_turns(apt_env: AptEnv, tmp_path: Path) -> None:
+    """Two parts (or two runs of one part) never store or record at once: the second waits for the claim."""
+    import threading
+
+    from flows.apt import steps
+    from flows.apt.cli import choose_work_item
+
+    tars = build_parts(apt_env, tmp_path, "turns", 2)
+    first, second = apt_env.config(), apt_env.config()
+    try:
+        items = [choose_work_item(c, c.receiving.put(apt_env.institution, t))[1]
+                 for c, t in ((first, tars[0]), (second, tars[1]))]
+        steps.start(first, items[0], None)
+        started: list[int] = []
+        waiter = threading.Thread(target=lambda: started.append(steps.start(second, items[1], None).id))
+        waiter.start()
+        waiter.join(2.0)
+        assert waiter.is_alive() and started == []  # part 2 waits while part 1's run holds the object
+        first.close()  # part 1's run ends (or dies): its connection, and the claim, go
+        waiter.join(30)
+        assert started == [items[1]]
+    finally:
+        first.close()
+        second.close()
