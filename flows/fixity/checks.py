@@ -8,9 +8,10 @@ raised: the batch is retried, and nothing is blamed on the object.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flows.fixity.plan import Item
@@ -49,7 +50,7 @@ class Resources:
         for close in self.closers:
             try:
                 close()
-            except Exception:  # noqa: BLE001 - closing must not hide the result
+            except Exception:
                 log.debug("closing a fixity resource failed", exc_info=True)
 
 

@@ -24,14 +24,14 @@ def run_fixity(*, domain: str | None = None, older_than: str = planning.DEFAULT_
         return EXIT_CLEAN, summary
     except FixityFailed as exc:
         return EXIT_FAILED_CHECKS, exc.summary
-    except Exception as exc:  # the run could not finish: storage down, registry gone, ...
+    except Exception as exc:  # noqa: BLE001 - the run could not finish: storage down, registry gone, ...
         return EXIT_SYSTEM_ERROR, {"state": "error", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _duration(text: str) -> str:
     try:
         planning.parse_older_than(text)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any parse error is a bad option
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 

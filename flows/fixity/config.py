@@ -7,8 +7,9 @@ from typing import Any
 from flows.fixity.checks import Resources
 from tasks.registry import Registry
 
-# Where each domain announces a failed check. EGA: an internal system error on its own exchange
-# (never files.error, which tells a submitter their upload was wrong); the others: their status exchange.
+# Where each domain announces a failed check. EGA: a system error, never files.error (which tells a
+# submitter their upload was wrong): on an SDA node an info-error (exchange sda, routing key error),
+# else on the internal exchange (lega) as fixity.error; the others: their status exchange.
 EGA_ERROR_ROUTING_KEY = "fixity.error"
 
 
@@ -27,6 +28,8 @@ class FixityConfig:
 
     def channel(self, domain: str) -> Channel:
         if domain == "ega":
+            if self.ega_sda:  # an SDA node: info-error on the node's exchange (routing key ``error``)
+                return Channel(getattr(self.broker, "sda_exchange", "sda"), "error")
             return Channel(self.broker.internal_exchange, EGA_ERROR_ROUTING_KEY)
         if domain == "apt":
             from flows.apt.flow import STATUS_EXCHANGE
@@ -40,6 +43,10 @@ class FixityConfig:
         from blocks.register import load_block
 
         return Channel(load_block(NgasBlock, self.block_name).status_exchange, "nrao.fixity.failed")
+
+    @property
+    def ega_sda(self) -> bool:
+        return getattr(self.broker, "protocol", "legacy") == "sda"
 
     def close(self) -> None:
         self.registry.close()

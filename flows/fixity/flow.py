@@ -1,6 +1,7 @@
 """Fixity audit: re-verify stored objects of every archive, oldest check first, within a byte budget."""
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -56,6 +57,7 @@ def fixity_audit(domain: str | None = None, older_than: str = planning.DEFAULT_O
         checked = bytes_read = 0
         failures: list[dict[str, Any]] = []
         state = "failed"
+        started = time.perf_counter()
         try:
             for batch in planning.batches(plan.items):
                 result = check_batch(config_block, batch, run_key)
@@ -67,7 +69,7 @@ def fixity_audit(domain: str | None = None, older_than: str = planning.DEFAULT_O
             record.finish_run(cfg.registry, run_key, checked=checked, failed=len(failures), bytes_read=bytes_read,
                               state=state)
         summary.update(checked=checked, bytes_read=bytes_read, failed=len(failures), failures=failures,
-                       state=state)
+                       state=state, check_seconds=round(time.perf_counter() - started, 3))
         _artifact(summary)
         log.info("fixity: %d checked (%d bytes), %d failed, %d still due", checked, bytes_read, len(failures),
                  plan.remaining)

@@ -100,7 +100,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_older_than(text: str | int | float | None) -> timedelta:
+def parse_older_than(text: str | float | None) -> timedelta:
     """``90d``, ``12h``, ``30m``, ``2w``, ``0``; a bare number is days."""
     if text is None:
         text = DEFAULT_OLDER_THAN

@@ -86,16 +86,19 @@ def record_outcome(cfg: FixityConfig, run_key: str, outcome: Outcome, cache: dic
     return result
 
 
-def announcement(outcome: Outcome, run_key: str) -> dict[str, Any]:
-    """The body of a failed check's message. EGA's follows SDA's info-error shape (error, reason,
-    original-message): a system error about the archive's copy, not about the submitter's upload."""
+def announcement(outcome: Outcome, run_key: str, *, sda: bool = False) -> dict[str, Any]:
+    """The body of a failed check's message. EGA's is SDA's info-error (error, reason, original-message):
+    a system error about the archive's copy, not about the submitter's upload."""
+    import json
+
     item = outcome.item
     p = item.payload
     if item.domain == "ega":
-        return {"error": f"fixity {outcome.problem}", "reason": outcome.outcome_detail,
-                "original-message": {"user": p.get("user"), "filepath": p.get("filepath"),
-                                     "stable_id": p.get("stable_id"), "archive_uri": p.get("uri")},
-                "fixity_run": run_key}
+        original = {"user": p.get("user"), "filepath": p.get("filepath"), "stable_id": p.get("stable_id"),
+                    "archive_uri": p.get("uri"), "fixity_run": run_key}
+        body = {"error": f"fixity {outcome.problem}", "reason": outcome.outcome_detail or str(outcome.problem),
+                "original-message": json.dumps(original, sort_keys=True) if sda else original}
+        return body if sda else {**body, "fixity_run": run_key}
     return {"domain": item.domain, "subject": item.subject, "item": item.item_key, "problem": outcome.problem,
             "detail": outcome.outcome_detail, "ingest_id": item.ingest_id, "fixity_run": run_key}
 
@@ -107,7 +110,7 @@ def announce(cfg: FixityConfig, outcome: Outcome, run_key: str) -> str:
 
     channel = cfg.channel(outcome.item.domain)
     message = Notification(exchange=channel.exchange, routing_key=channel.routing_key,
-                           body=announcement(outcome, run_key), correlation_id=f"fixity:{run_key}")
+                           body=announcement(outcome, run_key, sda=cfg.ega_sda), correlation_id=f"fixity:{run_key}")
     try:
         return notify(message, cfg.transport).transport
     except Exception as exc:  # noqa: BLE001 - see above

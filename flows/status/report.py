@@ -35,16 +35,16 @@ COALESCE(i.details->>'error_kind',
 
 # One row per unit of work, in the shared states. FITS work orders are the unit there: a cube
 # refused before it was recorded has a failed order but no ingest row.
-WORK = """
+WORK = f"""
 SELECT i.domain, i.state, i.updated_at, i.last_error AS error,
-       CASE WHEN i.state = 'failed' THEN {kind} END AS error_kind
+       CASE WHEN i.state = 'failed' THEN {ERROR_KIND} END AS error_kind
   FROM ingests i WHERE i.domain = ANY(%(domains)s) AND i.domain <> 'fits'
 UNION ALL
 SELECT 'fits', CASE o.state WHEN 'Queued' THEN 'received' WHEN 'Started' THEN 'in_ingestion'
                             WHEN 'Completed' THEN 'completed' ELSE 'failed' END,
        o.updated_at, o.error, CASE WHEN o.state = 'Failed' THEN COALESCE(o.error_kind, 'system') END
   FROM fits_work_orders o WHERE 'fits' = ANY(%(domains)s)
-""".format(kind=ERROR_KIND)
+"""
 
 
 def build_status(registry: Registry, *, stuck_after: timedelta, domains: list[str] | None = None) -> dict[str, Any]:

@@ -18,9 +18,9 @@ for _sub in ("apt", "fits", "nrao"):
     if str(TESTS / _sub) not in sys.path:
         sys.path.insert(0, str(TESTS / _sub))
 
-from tests.apt.conftest import apt_corpus, apt_env  # noqa: E402,F401  (fixtures)
-from tests.ega.conftest import ega_env, ega_keys, gpg  # noqa: E402,F401  (fixtures)
-from tests.nrao.test_nrao_flow import nrao_env  # noqa: E402,F401  (fixture)
+from tests.apt.conftest import apt_corpus, apt_env  # noqa: F401  (fixtures)
+from tests.ega.conftest import ega_env, ega_keys, gpg  # noqa: F401  (fixtures)
+from tests.nrao.test_nrao_flow import nrao_env  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="session")

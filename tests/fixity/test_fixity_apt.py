@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import cli, flip_byte, sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]

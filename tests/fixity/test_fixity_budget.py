@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import cli, sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]

@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import cli, flip_byte, sql
+
 from tests.ega.conftest import EgaEnv, save_blocks
 from tests.ega.test_ega_flow import submit
 

@@ -3,8 +3,8 @@ from NGAS. CHECKFILE finds the first, the second is unavailable; both are record
 from __future__ import annotations
 
 import pytest
-
 from conftest import cli, sql
+
 from tests.nrao.test_nrao_flow import calibration, image
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]
@@ -33,7 +33,7 @@ def test_checkfile_finds_damaged_and_lost_files(nrao_env, pg_dsn: str) -> None:
 
     code, summary = cli("fixity", "--domain", "nrao", "--older-than", "0", "--config", env.name)
     assert code == 1, summary
-    key = lambda f: f"{f['ngas_file_id']}#{f['version']}"  # noqa: E731
+    key = lambda f: f"{f['ngas_file_id']}#{f['version']}"
     found = {f["item"]: f["problem"] for f in summary["failures"]}
     assert found == {key(damaged): "mismatch", key(lost): "missing"}
 

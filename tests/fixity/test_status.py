@@ -5,7 +5,6 @@ import contextlib
 import io
 
 import pytest
-
 from conftest import cli, sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]
