@@ -91,14 +91,25 @@ def _ega(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from flows.cli_common import NO_BROKER, amqp_url_or_none
-    from flows.ega.topology import setup
+    from blocks.broker import BrokerBlock
+    from blocks.register import load_block
+    from flows.cli_common import NO_BROKER
+    from flows.ega.topology import setup, setup_sda
 
-    amqp_url = amqp_url_or_none(args.amqp_url, args.config)
+    block = load_block(BrokerBlock, args.config)
+    amqp_url = args.amqp_url or (block.amqp_url.get_secret_value() if block.amqp_url else None)
     if not amqp_url:
         print(NO_BROKER, file=sys.stderr)
         return 2
-    emit(setup(amqp_url))
+    if block.protocol == "sda":
+        if args.local_cega:
+            print("--local-cega is for the legacy protocol; an SDA node keeps CEGA's messages in its own queues",
+                  file=sys.stderr)
+            return 1
+        emit(setup_sda(amqp_url, exchange=block.sda_exchange))
+        return 0
+    emit(setup(amqp_url, local_cega=args.local_cega, status_exchange=block.status_exchange,
+               internal_exchange=block.internal_exchange))
     return 0
 
 
@@ -121,8 +132,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="default", help="block document name for vault/registry/broker/keyserver")
     p.set_defaults(handler=_ega)
 
-    b = sub.add_parser("broker", help="declare the LegaMQ topology (exchanges lega/cega, queues files/archived/qc)")
+    b = sub.add_parser("broker", help="declare the LegaMQ topology (exchanges lega/cega, queues files/archived/qc)",
+                       description="Legacy protocol: exchanges lega and cega, queues files, archived, qc. cega stays "
+                                   "unbound until the shovel to Central EGA exists (docs/ega.md): status messages "
+                                   "are refused until then, unless --local-cega keeps them in local queues. SDA "
+                                   "protocol (broker block): the node's exchange and queues, for a local broker.")
     b.add_argument("action", choices=["setup"])
+    b.add_argument("--local-cega", action="store_true",
+                   help="no CEGA connection: bind queues completed, errors, inbox, inbox.checksums (and processing) "
+                        "to cega")
     b.add_argument("--amqp-url", help="broker URL (default: the broker block)")
     b.add_argument("--config", default="default")
     b.set_defaults(handler=_broker)
