@@ -211,8 +211,8 @@ def build_corpus(root: Path) -> dict[str, Case]:
     # as in APTrust's bag, a manifest line with a damaged digest too: never reported, because
     # the tag errors stop validation before the file checks (and it is no parse error either)
     manifest = d / "manifest-sha256.txt"
-    manifest.write_text(manifest.read_text().replace(
-        sha256(APT_PAYLOAD["datastream-descMetadata"]), "This-checksum-is-bad-on-purpose.-The-validator-should-catch-it!!"))
+    bad_digest = "This-checksum-is-bad-on-purpose.-The-validator-should-catch-it!!"
+    manifest.write_text(manifest.read_text().replace(sha256(APT_PAYLOAD["datastream-descMetadata"]), bad_digest))
     rewrite_tag_manifests(d)
     add("tag_sample_bad", d, "example.edu.tagsample_bad.tar", errors=[
         "In file aptrust-info.txt, required tag Title has no value",
