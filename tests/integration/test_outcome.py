@@ -115,3 +115,40 @@ def test_rejected_input_filter_makes_one_line() -> None:
                                    "Task run failed with exception: %r", (exc,), (type(exc), exc, exc.__traceback__))
     assert RejectedInputFilter().filter(record)
     assert record.getMessage() == "rejected: bad checksum" and record.exc_info is None
+
+
+@pytest.mark.localapi
+def test_a_user_error_in_each_domain_is_one_line_on_the_cli(ingest_home, tmp_path) -> None:
+    """No traceback on stderr, the JSON result on stdout, exit 1: EGA, APT, FITS and NRAO as a user runs them."""
+    import io
+    import json as jsonlib
+    import tarfile
+
+    from tests.integration.test_local_api import cli
+
+    message = tmp_path / "m.json"
+    message.write_text(jsonlib.dumps({"user": "nobody", "filepath": "missing.c4gh.gpg", "stable_id": "EGAF00000000001",
+                                      "encrypted_integrity": {"checksum": "0" * 32, "algorithm": "md5"}}))
+    bag = tmp_path / "test.edu.nobag.tar"
+    with tarfile.open(bag, "w") as tar:  # a tar that is not a bag: no bagit.txt
+        info = tarfile.TarInfo("test.edu.nobag/readme.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    not_fits = ingest_home / "science" / "cube.fits"
+    not_fits.parent.mkdir(parents=True, exist_ok=True)
+    not_fits.write_bytes(b"not a FITS file\n" * 10)
+    cases = {
+        "ega": ["ega", "--message", str(message)],
+        "apt": ["apt", str(bag), "--institution", "test.edu"],
+        "fits": ["fits", "cube.fits"],
+        "nrao": ["nrao", "--calibration", "no-such-run"],
+    }
+    assert cli(ingest_home, "init").returncode == 0
+    for domain, argv in cases.items():
+        proc = cli(ingest_home, *argv)
+        assert proc.returncode == 1, (domain, proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr, (domain, proc.stderr[-3000:])
+        errors = [line for line in proc.stderr.splitlines() if "| ERROR" in line]
+        assert len(errors) == 1 and "rejected: " in errors[0], (domain, proc.stderr[-3000:])
+        out = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert len(out) == 1 and jsonlib.loads(out[0]), (domain, proc.stdout)
