@@ -16,6 +16,7 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -318,3 +319,15 @@ def settle_attempt(r: Registry, ingest: reg.Ingest, group: str, used: set[tuple[
     r.execute("DELETE FROM nrao_attempt_files WHERE product_group = %s", (group,))
     r.execute("DELETE FROM nrao_attempt_locators WHERE product_group = %s", (group,))
     return orphaned
+
+
+def abandoned_attempt_files(r: Registry, older_than: timedelta) -> list[dict[str, Any]]:
+    """NGAS file versions confirmed for an ingest that is no longer in progress (it failed, or its row is
+    gone) and was not re-run within ``older_than``: NGAS files that belong to no recorded product. For
+    reconcile, which lists them as orphans; a re-run of the request would still reuse them."""
+    return r.execute(
+        "SELECT f.*, i.state AS ingest_state, i.natural_key FROM nrao_attempt_files f "
+        "LEFT JOIN ingests i ON i.id = f.ingest_id "
+        "WHERE (i.id IS NULL OR i.state <> 'in_ingestion') AND f.created_at < now() - %s "
+        "AND COALESCE(i.updated_at, f.created_at) < now() - %s ORDER BY f.created_at",
+        (older_than, older_than))

@@ -31,7 +31,7 @@ from flows.nrao.collectors import COLLECTORS, StagedProduct
 from flows.nrao.envoy import images_metadata
 from flows.nrao.fits_metadata import ImageMetadata
 from flows.nrao.manifest import LOCATOR_KIND, ArchiveItem, IngestionManifest, archive_plan, finish_setup
-from flows.nrao.ngas import ArchiveResult, NgasClient, NgasError, NgasFileUnavailable
+from flows.nrao.ngas import ArchiveResult, NgasClient, NgasError, NgasFailure
 from flows.nrao.products import (AUX_IMAGE_METADATA, MANIFEST_FILENAME, IngestionType, Telescope, check_locator,
                                  new_locator)
 from flows.reporting import Progress
@@ -419,7 +419,7 @@ def already_archived(cfg: NraoConfig, plan: Plan, item: ArchiveItem,
         return None
     try:
         fs = cfg.ngas.file_status(item.file_id, prior["file_version"])
-    except NgasFileUnavailable:
+    except NgasFailure:  # NgasFileUnavailable above all: the version is gone, so push again
         return None
     if fs.file_version != prior["file_version"] or fs.file_size != size or fs.checksum is None or \
             int(fs.checksum) & 0xFFFFFFFF != int(prior["ngas_checksum"]) & 0xFFFFFFFF:

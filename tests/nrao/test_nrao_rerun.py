@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_nrao_flow import LateFaults, NraoEnv, nrao_env, observation  # noqa: F401 - nrao_env is a fixture
+from test_nrao_flow import LateFaults, NraoEnv, nrao_env, observation  # noqa: F401 - nrao_env: a fixture
 
 from flows.nrao.products import IngestionType
 from flows.nrao.steps import NraoRequest, request_id
@@ -41,7 +41,7 @@ def leave_staging_like_a_killed_run(env: NraoEnv, source: str) -> Path:
     return staged
 
 
-def test_rerun_after_the_8th_file_failed_reuses_the_eb_locator_and_the_7_files(nrao_env, tmp_path: Path) -> None:
+def test_rerun_after_the_8th_file_failed_reuses_the_eb_locator_and_the_7_files(nrao_env, tmp_path) -> None:  # noqa: F811
     with LateFaults(tmp_path / "ngas", after=7) as fake:
         env = nrao_env(fake)
         argv, source = observation(env)
@@ -73,7 +73,7 @@ def test_rerun_after_the_8th_file_failed_reuses_the_eb_locator_and_the_7_files(n
 
 
 def test_a_file_changed_between_attempts_gets_a_new_version_and_the_old_one_is_listed_as_orphan(
-        nrao_env, tmp_path: Path) -> None:
+        nrao_env, tmp_path: Path) -> None:  # noqa: F811
     with LateFaults(tmp_path / "ngas", after=7) as fake:
         env = nrao_env(fake)
         argv, source = observation(env)
@@ -96,3 +96,34 @@ def test_a_file_changed_between_attempts_gets_a_new_version_and_the_old_one_is_l
     assert orphans[0]["size"] == changed["size"] and changed["filename"] in orphans[0]["detail"]
     events = env.sql("SELECT subject, outcome FROM events WHERE ingest_id = %s AND outcome = 'orphaned'", ingest_id)
     assert events == [{"subject": f"{changed['ngas_file_id']}@1", "outcome": "orphaned"}]
+
+
+def test_files_of_an_attempt_never_rerun_are_found_for_reconcile(pg_dsn: str, unique: str) -> None:
+    """A plain-function test: what reconcile lists as NGAS orphans when a failed request is not re-run."""
+    from datetime import timedelta
+
+    from flows.nrao import records
+    from tasks.registry import open_registry
+
+    r = open_registry(pg_dsn)
+    try:
+        key = f"observation:sdms/eb-{unique}"
+        ingest = r.begin_ingest("nrao", key)
+        f = records.ArchivedFile(name="sdm/ASDM.xml", product="sdm", locator=f"uid://evla/execblock/{unique}",
+                                 role="sdm_table", ngas_file_id=f"uid___evla_execblock_{unique}_ASDM.xml",
+                                 file_version=1, size=10, mime_type="text/xml", checksums={"sha256": "0" * 64},
+                                 ngas_checksum="123", ngas_checksum_plugin="crc32c", ngas_disk_id=None,
+                                 uri="http://ngas:7777/RETRIEVE?file_id=x")
+        records.save_attempt_file(r, key, ingest.id, f, "http://ngas:7777")
+        mine = lambda: [row for row in records.abandoned_attempt_files(r, timedelta(0))  # noqa: E731
+                        if row["product_group"] == key]
+        assert mine() == []  # in progress: a live run may still record it
+        r.set_state(ingest.id, "failed", error="NGAS refused the 8th file")
+        (row,) = mine()
+        assert (row["ngas_file_id"], row["file_version"], row["ingest_state"]) == (f.ngas_file_id, 1, "failed")
+        assert records.ngas_location(row["ngas_url"], row["ngas_file_id"], 1) == \
+            f"ngas://ngas:7777/{f.ngas_file_id}?version=1"
+        assert records.abandoned_attempt_files(r, timedelta(hours=1)) == [] or all(
+            x["product_group"] != key for x in records.abandoned_attempt_files(r, timedelta(hours=1)))
+    finally:
+        r.close()
