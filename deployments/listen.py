@@ -72,6 +72,7 @@ class Listener:
     # ------------------------------------------------------------ lifecycle
     def run(self) -> ListenerStats:
         quiet_pika()
+        _own_log_handler()
         self._loop_thread.start()
         asyncio.run_coroutine_threadsafe(self._open_client(), self._loop).result(timeout=60)
         self._connection = pika.BlockingConnection(connection_parameters(self.amqp_url))
@@ -214,6 +215,18 @@ class Listener:
         log.warning("flow run not created (%s: %s); message requeued", type(exc).__name__, exc)
         channel.basic_nack(tag, requeue=True)
         self.stats.requeued += 1
+
+
+def _own_log_handler() -> None:
+    """One line per message is the listener's contract with operators, whatever Prefect's logging
+    config did to the root logger (PREFECT_LOGGING_LEVEL=WARNING would silence it)."""
+    if log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def build_adapter(kind: str, *, config_block: str = "default", parameter: str | None = None) -> Adapter:

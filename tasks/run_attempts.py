@@ -44,27 +44,32 @@ def _classify(flow_run: Any, fresh: bool) -> str | None:
     return "created" if fresh else "joined"
 
 
-async def submit_attempt(client: Any, deployment_id: Any, parameters: dict[str, Any], base_key: str,
-                         **create_options: Any) -> Submission:
+async def _create(client: Any, deployment_id: Any, parameters: dict[str, Any], key: str) -> tuple[Any, bool]:
+    """``create_flow_run_from_deployment``, keeping what the client drops: the server answers 201 when it
+    created the run and 200 when the key returned an existing one (joined, for the log line)."""
+    from prefect.client.schemas.actions import DeploymentFlowRunCreate
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Scheduled, to_state_create
+
+    payload = DeploymentFlowRunCreate(parameters=parameters, state=to_state_create(Scheduled()),
+                                      idempotency_key=key)
+    response = await client.request("POST", "/deployments/{id}/create_flow_run", path_params={"id": deployment_id},
+                                    json=payload.model_dump(mode="json", exclude_unset=True))
+    return FlowRun.model_validate(response.json()), response.status_code == 201
+
+
+async def submit_attempt(client: Any, deployment_id: Any, parameters: dict[str, Any], base_key: str) -> Submission:
     """Create (or find) the run of the current attempt of ``base_key`` on the deployment."""
-    from datetime import datetime, timedelta, timezone
-
-    from prefect.states import Scheduled
-
     for attempt in range(1, MAX_ATTEMPTS + 1):
         key = attempt_key(base_key, attempt)
-        asked = datetime.now(timezone.utc) - timedelta(seconds=2)  # clock skew to the server: wording only
-        flow_run = await client.create_flow_run_from_deployment(
-            deployment_id, parameters=parameters, state=Scheduled(), idempotency_key=key, **create_options)
-        fresh = flow_run.created is not None and flow_run.created >= asked
+        flow_run, fresh = await _create(client, deployment_id, parameters, key)
         outcome = _classify(flow_run, fresh)
         if outcome is not None:
             return Submission(flow_run, attempt, outcome, key)
     raise RuntimeError(f"{base_key}: more than {MAX_ATTEMPTS} attempts ended badly")
 
 
-def submit_attempt_sync(deployment_name: str, parameters: dict[str, Any], base_key: str,
-                        **create_options: Any) -> Submission:
+def submit_attempt_sync(deployment_name: str, parameters: dict[str, Any], base_key: str) -> Submission:
     """The same for synchronous callers (a scan flow): resolves the deployment by name."""
     from prefect.client.orchestration import get_client
     from prefect.utilities.asyncutils import run_coro_as_sync
@@ -72,6 +77,6 @@ def submit_attempt_sync(deployment_name: str, parameters: dict[str, Any], base_k
     async def go() -> Submission:
         async with get_client() as client:
             deployment = await client.read_deployment_by_name(deployment_name)
-            return await submit_attempt(client, deployment.id, parameters, base_key, **create_options)
+            return await submit_attempt(client, deployment.id, parameters, base_key)
 
     return run_coro_as_sync(go())

@@ -150,6 +150,12 @@ def announce_system_error(run: Any, out: Recovery, transport: Any, internal_exch
     exchange, routing_key = SYSTEM_ERROR_CHANNELS[domain]
     exchange = internal_exchange if exchange == "internal" else exchange
     correlation_id = (run.parameters or {}).get("correlation_id")
-    notify(Notification(exchange=exchange, routing_key=routing_key, body=system_error_body(run, out, domain),
-                        correlation_id=correlation_id if isinstance(correlation_id, str) else None), transport)
+    from tasks.notify import PublishRejected
+
+    try:
+        notify(Notification(exchange=exchange, routing_key=routing_key, body=system_error_body(run, out, domain),
+                            correlation_id=correlation_id if isinstance(correlation_id, str) else None), transport)
+    except PublishRejected as exc:  # nobody subscribed: the review mark is the durable record
+        log.warning("system error for %s not delivered (%s); the registry's review mark stands", run.name, exc)
+        return f"{exchange}/{routing_key} (not delivered: {exc})"
     return f"{exchange}/{routing_key}"

@@ -118,6 +118,11 @@ def _vault_and_temporaries(stack: Stack, stable_id: str) -> tuple[list[Path], li
     return objects, temporaries, staging
 
 
+def _logged(log: str, *parts: str) -> bool:
+    """Whether one line of the listener's log holds every part."""
+    return any(all(p in line for p in parts) for line in log.splitlines())
+
+
 def _flow_run_process(worker, flow_run_id: str) -> psutil.Process | None:
     for child in psutil.Process(worker.pid).children(recursive=True):
         try:
@@ -181,7 +186,7 @@ def test_resend_after_a_system_error_is_a_new_attempt(ops: Ops) -> None:
     objects, temporaries, staged = _vault_and_temporaries(stack, msg["stable_id"])
     assert len(objects) == 1 and temporaries == [] and staged == []
     log = ops.listener_log.read_text()
-    assert f"→ new flow run {new.name} ({new.id}), attempt 2" in log
+    assert _logged(log, "correlation c-0 → new flow run ", f"({new.id}), attempt 2")
 
 
 def test_same_message_twice_at_once_decrypts_once(ops: Ops) -> None:
@@ -191,8 +196,7 @@ def test_same_message_twice_at_once_decrypts_once(ops: Ops) -> None:
     runs = _wait(lambda: _run_done(stack, msg["stable_id"]), 240, "the run to end")
     assert len(runs) == 1 and runs[0].state.is_completed()
     log = ops.listener_log.read_text()
-    assert f"correlation c-1 → joined flow run {runs[0].name} ({runs[0].id})" in log or \
-        f"correlation c-0 → joined flow run {runs[0].name} ({runs[0].id})" in log
+    assert _logged(log, "→ joined flow run ", f"({runs[0].id}), attempt 1")
 
     # Two runs of the same upload at once (a CLI call beside a deployed run, a recovered run beside a
     # resend): the claim makes the second wait and then report the first one's result.
@@ -217,5 +221,62 @@ def test_same_message_twice_at_once_decrypts_once(ops: Ops) -> None:
     _wait(lambda: len(ops.replies_for(msg["stable_id"], "files.completed")) > before, 60, "the answer again")
     assert len(_runs(stack, msg["stable_id"])) == 1
     assert len(_decrypt_task_runs(stack, [runs[0].id])) == 1
-    assert f"→ already completed flow run {runs[0].name} ({runs[0].id}), attempt 1; answered files.completed " \
-           "again" in ops.listener_log.read_text()
+    assert _logged(ops.listener_log.read_text(), "→ already completed flow run ",
+                   f"({runs[0].id}), attempt 1; answered files.completed again")
+
+
+def test_past_the_attempt_limit_the_ingest_is_marked_for_review_and_a_system_error_announced(stack: Stack) -> None:
+    """recover() on a crashed run (plain function, the stack's server): below the limit the same run goes
+    back to AwaitingRetry; at the limit the registry flags the ingest and `lega`/system.error carries it.
+    The run is made outside any deployment and without the `ingest` tag, so no worker or trigger joins in."""
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Crashed
+
+    from flows.reconcile.recovery import recover
+    from tasks.notify import TransportConfig
+    from tasks.registry import open_registry
+
+    @flow(name="ingest-ega-file")
+    def stand_in() -> None: ...
+
+    stable_id = "EGAF" + uuid.uuid4().hex[:11].upper()
+    message = {"user": "heal-user", "filepath": "x.gpg", "stable_id": stable_id}
+    conn, ch = _channel()
+    capture = ch.queue_declare("", exclusive=True).method.queue
+    ch.exchange_declare("lega", "topic", durable=True)
+    ch.queue_bind(capture, "lega", "system.error")
+    ch.queue_bind(capture, "cega", "#")
+    registry = open_registry(stack.registry_dsn)
+    try:
+        with temporary_settings({PREFECT_API_URL: stack.api_url}), stack.client() as client:
+            run = client.create_flow_run(stand_in, parameters={"message": message, "correlation_id": "corr-9"},
+                                         state=Crashed(message="worker reported exit -9"), tags=["ega"])
+            ingest = registry.begin_ingest("ega", f"{stable_id}|heal-user/x.gpg", flow_run_id=str(run.id))
+
+            again = recover(f"prefect.flow-run.{run.id}", limit=3, registry=registry, client=client,
+                            transport=TransportConfig(amqp_url=AMQP_URL))
+            assert again.action == "rescheduled"
+            assert client.read_flow_run(run.id).state.name == "AwaitingRetry"
+            assert recover(str(run.id), limit=3, registry=registry, client=client).action == "nothing"
+
+            client.set_flow_run_state(run.id, Crashed(message="worker reported exit -9"), force=True)
+            out = recover(str(run.id), limit=1, registry=registry, client=client,
+                          transport=TransportConfig(amqp_url=AMQP_URL))
+        assert out.action == "review" and out.ingest_id == ingest.id
+        flagged = [r for r in registry.for_review("ega") if r["id"] == ingest.id]
+        assert len(flagged) == 1 and "limit is 1" in flagged[0]["review_reason"]
+        time.sleep(0.5)
+        got = []
+        while True:
+            method, props, body = ch.basic_get(capture, auto_ack=True)
+            if method is None:
+                break
+            got.append((method.exchange, method.routing_key, json.loads(body), props.correlation_id))
+        assert [(x, rk) for x, rk, _, _ in got] == [("lega", "system.error")], got  # never files.error
+        body = got[0][2]
+        assert body["stable_id"] == stable_id and body["state"] == "SYSTEM_ERROR" and body["needs_review"]
+        assert got[0][3] == "corr-9"
+    finally:
+        registry.close()
+        conn.close()
