@@ -130,10 +130,14 @@ def svo_tag(term: str) -> str:
     return " ".join(str(term).split()).lower()
 
 
-def _svo_value(value: Any, svo_type: str) -> Any:
+def _svo_value(value: Any, svo_type: str, fits_name: str = "") -> Any:
     """A header value as the SVO keyword type wants it; ValueError when no rule converts it."""
     if value is None or type(value).__name__ == "Undefined":
         return None
+    if fits_name.upper() == "WAVEUNIT" and svo_type == "integer" and isinstance(value, str):
+        from flows.fits.metadata import wave_unit_exponent
+
+        return wave_unit_exponent(value)          # 'angstrom' → -10, as the keyword means
     if svo_type == "boolean":
         if isinstance(value, bool):
             return value
@@ -173,7 +177,7 @@ def record_fields(header, keywords: Iterable[Mapping[str, Any]]) -> tuple[dict[s
             continue
         value = header[fits_name]
         try:
-            fields[name] = _svo_value(value, svo_type)
+            fields[name] = _svo_value(value, svo_type, fits_name)
         except (ValueError, TypeError, OverflowError) as exc:
             skipped.append(f"{fits_name} = {value!r} not sent: the SVO keyword {name} is {svo_type} and the "
                            f"value {exc}")

@@ -21,7 +21,8 @@ Rules it keeps, as the real service has them (bmampaey/SOLARNET-service):
 - ``tags``: a list of ``{"name": ...}`` (created when new; name at most 30 characters) or tag
   resource URIs (must exist); rendered as ``[{"name", "resource_uri"}]``; a PATCH without
   ``tags`` keeps them.
-- ``dataset/<name>/`` carries ``metadata: {resource_uri, count}``.
+- ``dataset/<name>/`` carries ``metadata: {resource_uri, count}``; the metadata resource of
+  dataset CRISP is ``metadata_crisp`` (tastypie ``resource_name``), so ``.../svo/metadata_crisp/``.
 - Metadata: POST creates (201 + body, duplicate oid → 400), PATCH updates (202 + body;
   a body containing ``oid`` → 400 "cannot be modified"), DELETE → 204, unknown oid → 404.
   Field values are validated against the dataset's keyword types.
@@ -196,7 +197,7 @@ class FakeSvo:
     def _add_dataset(self, name: str, keywords: list[tuple[str, str, str]]) -> None:
         self.state.datasets[name] = {"name": name, "description": f"SST {name} data cubes",
                                      "telescope": {"name": "SST"}, "instrument": {"name": name},
-                                     "characteristics": [], "resource": name.lower()}
+                                     "characteristics": [], "resource": f"metadata_{name.lower()}"}
         self.state.metadata[name] = {}
         rows = []
         for kw_name, verbose, typ in keywords:
@@ -210,7 +211,7 @@ class FakeSvo:
         return f"{PREFIX}/dataset/{quote(name, safe=DJANGO_SAFE)}/"
 
     def _metadata_uri(self, name: str) -> str:
-        return f"{PREFIX}/metadata/{self.state.datasets[name]['resource']}/"
+        return f"{PREFIX}/{self.state.datasets[name]['resource']}/"   # resource_name 'metadata_crisp' 
 
     def _render_dataset(self, name: str) -> dict:
         d = self.state.datasets[name]
@@ -446,11 +447,11 @@ class FakeSvo:
             raise HttpError(405, "")
         if segments[:1] == ["data_location"]:
             return self._data_location(method, segments[1:], path, query, data, user)
-        if segments[:1] == ["metadata"] and len(segments) in (2, 3):
-            dataset = self._dataset_by_resource(segments[1])
-            if len(segments) == 2:
+        if segments and segments[0].startswith("metadata_") and len(segments) in (1, 2):
+            dataset = self._dataset_by_resource(segments[0])
+            if len(segments) == 1:
                 return self._metadata_list(method, dataset, path, query, data, user)
-            return self._metadata_detail(method, dataset, segments[2], data, user)
+            return self._metadata_detail(method, dataset, segments[1], data, user)
         raise HttpError(404, "")
 
     @staticmethod

@@ -67,6 +67,11 @@ def test_a_keyword_the_service_types_differently_is_skipped_not_the_record(svo, 
     header["CDELT3"] = 2.0                                    # a whole number converts: the rule is clear
     fields, _, skipped = record_fields(header, svo.keywords("CRISP"))
     assert fields["cdelt3"] == 2 and isinstance(fields["cdelt3"], int) and len(skipped) == 1
+    header["WAVEUNIT"], header["OBS_HDU"] = "angstrom", True
+    waveunit = [{"name": "waveunit", "verbose_name": "WAVEUNIT", "type": "integer"},
+                {"name": "obs_hdu", "verbose_name": "OBS_HDU", "type": "integer"}]
+    fields, _, skipped = record_fields(header, waveunit)
+    assert fields == {"waveunit": -10} and "OBS_HDU = True not sent" in skipped[0]
 
 
 def test_file_path_for_the_svo_is_safe_and_never_merges_two_paths():
@@ -224,7 +229,7 @@ def test_paging_goes_by_offset_not_by_the_stale_count(svo, fake_svo):
     assert len(svo.remote_records(["CRISP"])) == 30              # the count 30 is now cached
     for i in range(45):
         fake_svo.add_metadata("CRISP", f"b-{i:03d}")
-    first = httpx.get(f"{fake_svo.api_url}/metadata/crisp/", params={"limit": 50}).json()
+    first = httpx.get(f"{fake_svo.api_url}/metadata_crisp/", params={"limit": 50}).json()
     assert first["meta"]["total_count"] == 30 and first["meta"]["next"] is None and len(first["objects"]) == 50
     assert len(svo.remote_records(["CRISP"])) == 75
     for oid in [f"a-{i:03d}" for i in range(30)]:
@@ -233,11 +238,11 @@ def test_paging_goes_by_offset_not_by_the_stale_count(svo, fake_svo):
     assert len(svo.remote_records(["CRISP"])) == 45              # count 45 cached
     for oid in [f"b-{i:03d}" for i in range(40)]:
         del fake_svo.state.metadata["CRISP"][oid]
-    page = httpx.get(f"{fake_svo.api_url}/metadata/crisp/", params={"limit": 2, "offset": 6}).json()
+    page = httpx.get(f"{fake_svo.api_url}/metadata_crisp/", params={"limit": 2, "offset": 6}).json()
     assert page["objects"] == [] and page["meta"]["next"] is not None   # stale: next points past the end
     fake_svo.requests.clear()
     assert sorted(svo.remote_records(["CRISP"])) == [f"b-{i:03d}" for i in range(40, 45)]
-    assert [r.query["offset"] for r in fake_svo.requests if r.path.endswith("/metadata/crisp/")] == ["0"]
+    assert [r.query["offset"] for r in fake_svo.requests if r.path.endswith("/metadata_crisp/")] == ["0"]
 
 
 
@@ -300,7 +305,7 @@ def test_pagination_follows_meta_next(svo, fake_svo):
         fake_svo.add_metadata("CRISP", f"oid-{i:03d}")
     remote = svo.remote_records(["CRISP"])
     assert len(remote) == 123
-    pages = [r for r in fake_svo.requests if r.path.endswith("/metadata/crisp/")]
+    pages = [r for r in fake_svo.requests if r.path.endswith("/metadata_crisp/")]
     assert [r.query.get("offset", "0") for r in pages] == ["0", "50", "100"]
     assert all(r.query["limit"] == "50" for r in pages)
 
@@ -309,7 +314,7 @@ def test_oids_with_special_characters_round_trip(svo, fake_svo, header):
     oid = "2019-04-16T08:20:18.96758_6173_0-36,38,39"
     svo.create(make_record(svo, header, oid, name="special.fits"))
     remote = svo.remote_records(["CRISP"])
-    assert remote[oid].resource_uri.endswith("/metadata/crisp/2019-04-16T08:20:18.96758_6173_0-36,38,39/")
+    assert remote[oid].resource_uri.endswith("/metadata_crisp/2019-04-16T08:20:18.96758_6173_0-36,38,39/")
     assert svo.get_metadata("CRISP", oid)["oid"] == oid
     svo.delete(remote[oid])
     assert fake_svo.state.metadata["CRISP"] == {}
@@ -384,13 +389,13 @@ def test_fake_svo_rules(fake_svo):
     with httpx.Client() as http:
         dataset = http.get(f"{base}/dataset/CRISP/").json()
         meta_uri = dataset["metadata"]["resource_uri"]
-        assert meta_uri == "/service/api/svo/metadata/crisp/" and dataset["resource_uri"].startswith("/")
+        assert meta_uri == "/service/api/svo/metadata_crisp/" and dataset["resource_uri"].startswith("/")
         origin = base.split("/service")[0]
         assert http.post(origin + meta_uri, json={"oid": "x"}).status_code == 401
         loc = {"dataset": dataset["resource_uri"], "file_url": "https://x/a.fits", "file_size": 1,
                "file_path": "a.fits"}
         r = http.post(origin + meta_uri, json={"oid": "x", "data_location": loc}, headers=auth)
-        assert r.status_code == 201 and r.headers["Location"].endswith("/metadata/crisp/x/")
+        assert r.status_code == 201 and r.headers["Location"].endswith("/metadata_crisp/x/")
         assert http.post(origin + meta_uri, json={"oid": "x"}, headers=auth).status_code == 400
         r = http.patch(origin + meta_uri + "x/", json={"oid": "y"}, headers=auth)
         assert r.status_code == 400 and "cannot be modified" in r.text
@@ -443,16 +448,16 @@ def test_fake_svo_metadata_counts_are_cached_and_file_sizes_are_strings(fake_svo
     for i in range(3):
         fake_svo.add_metadata("CRISP", f"m{i}", data_location=dl)
     with httpx.Client() as http:
-        assert http.get(f"{base}/metadata/crisp/", params={"limit": 2}).json()["meta"]["next"] is not None
+        assert http.get(f"{base}/metadata_crisp/", params={"limit": 2}).json()["meta"]["next"] is not None
         fake_svo.add_metadata("CRISP", "m3")
-        page = http.get(f"{base}/metadata/crisp/", params={"limit": 2, "offset": 2}).json()
+        page = http.get(f"{base}/metadata_crisp/", params={"limit": 2, "offset": 2}).json()
         assert page["meta"]["total_count"] == 3 and page["meta"]["next"] is None and len(page["objects"]) == 2
         assert page["objects"][0]["data_location"]["file_size"] == "757440"
-        filtered = http.get(f"{base}/metadata/crisp/", params={"oid": "m3"}).json()
+        filtered = http.get(f"{base}/metadata_crisp/", params={"oid": "m3"}).json()
         assert filtered["meta"]["total_count"] == 1                       # its own cache key
         assert http.get(f"{base}/data_location/", params={"limit": 1}).json()["meta"]["total_count"] == 1
         fake_svo.expire_count_cache()
-        assert http.get(f"{base}/metadata/crisp/").json()["meta"]["total_count"] == 4
+        assert http.get(f"{base}/metadata_crisp/").json()["meta"]["total_count"] == 4
 
 
 def test_chromis_records_go_to_the_chromis_dataset(svo, fake_svo, tmp_path):

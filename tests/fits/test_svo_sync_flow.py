@@ -134,5 +134,5 @@ def test_sync_pages_past_fifty_records_across_two_syncs(svo_env, fake_svo: FakeS
     assert code == 0, second
     assert second["remote"] == 64 and second["deleted"] == late and second["submitted"] == []
     assert sorted(fake_svo.state.metadata["CRISP"]) == oids
-    listed = [r for r in fake_svo.requests if r.path.endswith("/metadata/crisp/") and r.method == "GET"]
+    listed = [r for r in fake_svo.requests if r.path.endswith("/metadata_crisp/") and r.method == "GET"]
     assert listed and all("offset" in r.query for r in listed)
