@@ -66,13 +66,34 @@ def check_ega(item: Item, res: Resources) -> Outcome:
     """The Crypt4GH object in the vault (filesystem or S3): size, then every byte against the recorded sha256."""
     p = item.payload
     detail = f"vault object {p['key']} sha256 {p['sha256']} size {p['size']}"
+    vault, key = _recorded_location(res.vault, p["key"], p.get("uri"))
+    if vault is None:
+        return Outcome(item, FAILURE, detail, MISSING, f"{p.get('uri')}: object is missing (so is its directory)")
     try:
-        result = res.vault.verify(p["key"], size=int(p["size"]), sha256=p["sha256"])
+        result = vault.verify(key, size=int(p["size"]), sha256=p["sha256"])
     except VaultVerifyError as exc:
         return Outcome(item, FAILURE, detail, _vault_problem(exc), str(exc),
                        bytes_read=0 if _vault_problem(exc) == MISSING else int(p["size"]))
     return Outcome(item, SUCCESS, detail, outcome_detail=f"sha256 {result.checksums['sha256']} read back from "
                    f"{result.uri}", bytes_read=result.size)
+
+
+def _recorded_location(vault: Any, key: str, uri: str | None) -> tuple[Any, str]:
+    """The configured vault, unless the registry recorded the object elsewhere (the vault block was changed
+    since): then where it was recorded, so a moved configuration is never reported as lost objects."""
+    from tasks.vault import FilesystemVault, S3Vault, check_key
+
+    if not uri or vault.uri(key) == uri:
+        return vault, key
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        path = Path(unquote(parts.path))
+        if not path.parent.is_dir():  # gone with its directory; a vault here would recreate the directory
+            return None, key
+        return FilesystemVault(path.parent), check_key(path.name)
+    if parts.scheme == "s3" and isinstance(vault, S3Vault):
+        return S3Vault(parts.netloc, client=vault.client), check_key(parts.path.lstrip("/"))
+    return vault, key
 
 
 # ---------------------------------------------------------------- APT
@@ -129,6 +150,10 @@ def check_fits(item: Item, res: Resources) -> Outcome:
     p = item.payload
     recorded = p.get("checksums") or {}
     path = _local_path(p.get("uri"))
+    if p.get("uri") is None:  # no files row: the cube's path under the default science root
+        from flows.fits.steps import default_science_root
+
+        path = default_science_root() / p["path"]
     hdu_values = {k: v for k, v in recorded.items() if k.startswith("fits-checksum-")}
     detail = (f"{p['path']}: CHECKSUM/DATASUM per HDU ({len(hdu_values)} recorded)"
               + (f", sha256 {recorded['sha256']}" if recorded.get("sha256") else "") + f", size {p['size']}")

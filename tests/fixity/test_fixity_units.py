@@ -6,7 +6,14 @@ from datetime import timedelta
 import pytest
 
 from flows.fixity.checks import FAILURE, MISMATCH, Outcome
-from flows.fixity.plan import GB, Item, batches, budget_bytes, domains_of, parse_older_than
+from flows.fixity.plan import (
+    GB,
+    Item,
+    batches,
+    budget_bytes,
+    domains_of,
+    parse_older_than,
+)
 from flows.fixity.record import announcement
 from tasks.errors import UserError
 
