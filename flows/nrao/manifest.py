@@ -9,7 +9,9 @@ the artifact timestamps and the staging path, which golden tests normalise.
 """
 from __future__ import annotations
 
+import calendar
 import json
+import re
 import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -162,7 +164,11 @@ def write_manifest(staged: StagedProduct, manifest: IngestionManifest) -> Path:
 
 
 def write_ingestion_artifacts(staged: StagedProduct, manifest: IngestionManifest) -> Path:
-    """``ingestion_artifacts_<timestamp>.tar``: the manifest plus any additional metadata file."""
+    """``ingestion_artifacts_<timestamp>.tar``: the manifest plus any additional metadata file.
+
+    Members carry the artifact timestamp as their mtime, not the moment they were written, so
+    one setup time always gives the same bytes (a re-run can reuse the copy NGAS holds).
+    """
     area = StagingArea(staged.staging_dir)
     name = manifest.ingestion_artifacts
     members = [MANIFEST_FILENAME] + ([staged.additional_metadata] if staged.additional_metadata else [])
@@ -174,9 +180,21 @@ def write_ingestion_artifacts(staged: StagedProduct, manifest: IngestionManifest
             info = tar.gettarinfo(str(path), arcname=member)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
+            info.mtime = timestamp_epoch(staged.timestamp)
             with open(path, "rb") as f:
                 tar.addfile(info, f)
     return staged.staging_dir / name
+
+
+_STAMP_RE = re.compile(r"(\d{4})_(\d{2})_(\d{2})_?T(\d{2})_(\d{2})_(\d{2})")
+
+
+def timestamp_epoch(timestamp: str) -> int:
+    """Seconds since the epoch (UTC) of an artifact timestamp in either spelling; 0 if it has none."""
+    m = _STAMP_RE.search(timestamp)
+    if not m:
+        return 0
+    return int(calendar.timegm(tuple(int(g) for g in m.groups()) + (0, 0, 0)))
 
 
 def finish_setup(staged: StagedProduct, **params: Any) -> IngestionManifest:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -265,6 +265,22 @@ def save_attempt_locators(r: Registry, group: str, slots: Mapping[str, str]) -> 
     return attempt_locators(r, group)
 
 
+def attempt_staged_at(r: Registry, group: str) -> datetime | None:
+    """When an earlier attempt of this ingest staged the product (None: this is the first attempt)."""
+    try:
+        rows = r.execute("SELECT staged_at FROM nrao_attempt_stagings WHERE product_group = %s", (group,))
+    except psycopg.errors.UndefinedTable:  # a dry run on a registry never migrated
+        return None
+    return rows[0]["staged_at"] if rows else None
+
+
+def save_attempt_staged_at(r: Registry, group: str, when: datetime) -> datetime:
+    """Keep the first attempt's staging time (the first writer wins); return the one kept."""
+    r.execute("INSERT INTO nrao_attempt_stagings (product_group, staged_at) VALUES (%s, %s) "
+              "ON CONFLICT (product_group) DO NOTHING", (group, when))
+    return r.execute("SELECT staged_at FROM nrao_attempt_stagings WHERE product_group = %s", (group,))[0]["staged_at"]
+
+
 def attempt_files(r: Registry, group: str) -> dict[str, dict[str, Any]]:
     """NGAS file id → the newest version an earlier attempt of this ingest had confirmed."""
     rows = r.execute("SELECT * FROM nrao_attempt_files WHERE product_group = %s ORDER BY file_version",
@@ -318,6 +334,7 @@ def settle_attempt(r: Registry, ingest: reg.Ingest, group: str, used: set[tuple[
         orphaned.append(location)
     r.execute("DELETE FROM nrao_attempt_files WHERE product_group = %s", (group,))
     r.execute("DELETE FROM nrao_attempt_locators WHERE product_group = %s", (group,))
+    r.execute("DELETE FROM nrao_attempt_stagings WHERE product_group = %s", (group,))
     return orphaned
 
 

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,7 @@ class Staged:
     request_id: str
     input_locator: str | None
     aux: dict[str, Any] | None
+    staged_at: datetime | None = None  # the artifact timestamp's time (an earlier attempt's, on a re-run)
 
 
 @dataclass
@@ -233,12 +235,15 @@ def stage(cfg: NraoConfig, req: NraoRequest) -> Staged:
     options: dict[str, Any] = {}
     if req.kind is IngestionType.CALIBRATION and req.product_name:
         options["product_name"] = req.product_name
-    product = COLLECTORS[req.kind](cfg.source_root, source, cfg.staging_root, rid, **options)
+    # A re-run stages with its earlier attempt's time: same artifact names, same manifest, same bytes.
+    registry = cfg.read_only_registry() if req.dry_run else cfg.registry
+    when = records.attempt_staged_at(registry, natural_key(req, source)) or datetime.now(timezone.utc)
+    product = COLLECTORS[req.kind](cfg.source_root, source, cfg.staging_root, rid, now=when, **options)
     aux = None
     if product.additional_metadata:
         aux = json.loads((product.staging_dir / product.additional_metadata).read_bytes())
     locator = input_locator(cfg, req, source, aux)
-    return Staged(product, source, rid, locator, aux)
+    return Staged(product, source, rid, locator, aux, when)
 
 
 def input_locator(cfg: NraoConfig, req: NraoRequest, source: str, aux: dict[str, Any] | None) -> str | None:
@@ -308,6 +313,8 @@ def prepare(cfg: NraoConfig, req: NraoRequest, staged: Staged, known: records.Kn
         earlier = records.attempt_locators_readonly(cfg.read_only_registry(), group)
     else:
         earlier = records.attempt_locators(cfg.registry, group)
+        if staged.staged_at is not None:
+            records.save_attempt_staged_at(cfg.registry, group, staged.staged_at)
     for _ in range(2):  # a second pass only if another run of the request stored other locators first
         science, items, slots = _assign_locators(req, product, manifest, known, earlier)
         if req.dry_run:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_nrao_flow import LateFaults, NraoEnv, nrao_env, observation  # noqa: F401 - nrao_env: a fixture
+from test_nrao_flow import LateFaults, NraoEnv, calibration, nrao_env, observation  # noqa: F401 - nrao_env: a fixture
 
 from flows.nrao.products import IngestionType
 from flows.nrao.steps import NraoRequest, request_id
@@ -96,6 +96,29 @@ def test_a_file_changed_between_attempts_gets_a_new_version_and_the_old_one_is_l
     assert orphans[0]["size"] == changed["size"] and changed["filename"] in orphans[0]["detail"]
     events = env.sql("SELECT subject, outcome FROM events WHERE ingest_id = %s AND outcome = 'orphaned'", ingest_id)
     assert events == [{"subject": f"{changed['ngas_file_id']}@1", "outcome": "orphaned"}]
+
+
+def test_a_calibration_that_failed_on_its_last_file_pushes_only_that_file_again(nrao_env, tmp_path) -> None:  # noqa: F811
+    """The re-run restages with the first attempt's time: the weblog and calibration tars and their
+    timestamped names come out identical, so only the file that failed goes to NGAS."""
+    with LateFaults(tmp_path / "ngas", after=2) as fake:
+        env = nrao_env(fake)
+        argv, source = calibration(env)
+        fake.fail_next(REFUSAL)
+        code, summary = env.run(*argv)
+        assert code == 1, summary
+        first = env.sql("SELECT filename, ngas_file_id FROM nrao_attempt_files WHERE product_group = %s",
+                        f"calibration:{source}")
+        assert len(first) == 2 and len(fake.pushes()) == 3
+
+        code, summary = env.run(*argv)
+        assert code == 0, summary
+
+    assert len(fake.pushes()) == 4  # the third file only
+    assert all(f["version"] == 1 for f in summary["files"]) and len(summary["files"]) == 3
+    assert {(r["filename"], r["ngas_file_id"]) for r in first} <= {(f["name"], f["ngas_file_id"])
+                                                                  for f in summary["files"]}
+    assert set(fake.files) == {f["ngas_file_id"] for f in summary["files"]}
 
 
 def test_files_of_an_attempt_never_rerun_are_found_for_reconcile(pg_dsn: str, unique: str) -> None:
