@@ -60,8 +60,11 @@ def scans_from_filename(filename: str) -> str | None:
     if not match:
         return None
     scans = match.group("scans")
-    if scans.lower().endswith(".fits"):
-        scans = scans[: -len(".fits")]
+    from flows.fits.names import fits_suffix
+
+    suffix = fits_suffix(scans)                 # cube_scans=0-3.fits, .fits.gz, .fts ...
+    if suffix:
+        scans = scans[: -len(suffix)]
     expand_ranges(scans)  # validates
     return scans
 
@@ -76,7 +79,8 @@ def observation_id(primary_header, *, filename: str = "", scan_numbers: Iterable
     """
     if oid:
         return _check_oid(oid.strip())
-    date_beg = _required_text(primary_header, "DATE-BEG")
+    # a space for the T (common practice) names the same instant: the OID is written the standard way
+    date_beg = re.sub(r"^(\d{4}-\d{2}-\d{2}) +(?=\d)", r"\1T", _required_text(primary_header, "DATE-BEG"))
     filter1 = _required_text(primary_header, "FILTER1")
     scans = scans_from_filename(filename) if filename else None
     if scans is None and scan_numbers is not None:

@@ -71,3 +71,14 @@ def test_oid_strips_padding_and_needs_date_and_filter():
         observation_id(fits.Header({"DATE-BEG": "2020-01-01T00:00:00", "SCANNUM": 1}))
     with pytest.raises(UserError, match="no '_scans='"):
         observation_id(fits.Header({"DATE-BEG": "2020-01-01T00:00:00", "FILTER1": "3950"}), filename="x.fits")
+
+
+def test_scans_and_date_beg_from_files_in_the_wild():
+    from astropy.io import fits
+
+    from flows.fits.oid import observation_id, scans_from_filename
+
+    for name in ("a_scans=0-3.fits.gz", "a_scans=0-3.fts", "a_scans=0-3.fits.fz", "a_scans=0-3.FIT"):
+        assert scans_from_filename(name) == "0-3", name
+    header = fits.Header([("DATE-BEG", "2019-04-16 08:20:18.5"), ("FILTER1", "6173")])
+    assert observation_id(header, filename="x_scans=1,2.fits.gz") == "2019-04-16T08:20:18.5_6173_1,2"
