@@ -149,7 +149,8 @@ def test_ingest_a_cube_records_everything(fits_env, capsys):
     assert [m["routing_key"] for m in messages] == ["fits.ingest.ingested"]
     assert messages[0]["body"]["oid"] == oid and messages[0]["body"]["work_order"]["state"] == "Completed"
     report = _artifact(oid)
-    assert f"**oid**: `{oid}`" in report and "fixity check" in report and "| describe |" in report
+    assert f"| **oid** | {oid} |" in report and "fixity check" in report and "| describe |" in report
+    assert report.count("| describe |") == 1  # timings once
     assert ".thumb.png" in report
 
 
