@@ -8,8 +8,8 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 DEFAULT_API_URL = "https://solarnet.oma.be/service/api/svo"
-URL_SAFE = "/:=,;@+!$&'()*"
-URL_SCHEMES = ("http://", "https://", "ftp://")   # SST file names use '=', ',' and ':'; keep them readable, encode the rest
+URL_SAFE = "/:=,;@+!$&'()*"   # SST file names use '=', ',' and ':'; keep them readable, encode the rest
+URL_SCHEMES = ("http://", "https://", "ftp://")   # what the SVO's URLField accepts
 
 
 class SvoBlock(Block):

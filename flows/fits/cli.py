@@ -207,7 +207,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Prints one JSON line {oid, state: ingested|skipped|failed (queued with --queue), "
                                    "work_order, error?}; "
                                    "exit 0 ingested/skipped, 1 bad input, 2 system error.")
-    p.add_argument("path", help="cube path, relative to the science-data root or absolute inside it; ends in .fits")
+    p.add_argument("path", help="cube path, relative to the science-data root or absolute inside it; ends in "
+                                ".fits, .fit, .fts, .fz or one of those plus .gz")
     p.add_argument("--oid", help="observation id to use instead of DATE-BEG_FILTER1_scans")
     p.add_argument("--force", action="store_true", help="re-ingest even when the cube is unchanged")
     p.add_argument("--no-previews", action="store_true", help="do not make preview images")
@@ -226,7 +227,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(w)
     w.set_defaults(handler=_fits_work_orders)
 
-    d = sub.add_parser("fits-dir", help="ingest every .fits under a directory, in bounded batches")
+    d = sub.add_parser("fits-dir", help="ingest every FITS file (.fits, .fit, .fts, .fz, .gz of those) under a "
+                                        "directory, in bounded batches")
     d.add_argument("root", help="directory, relative to the science-data root or absolute inside it")
     d.add_argument("--force", action="store_true")
     d.add_argument("--no-previews", action="store_true")

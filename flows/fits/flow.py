@@ -273,7 +273,7 @@ def _bulk_report(name: str, summary: dict[str, Any]) -> None:
 
 
 @flow(name="ingest-fits-directory", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
-      description="Find every .fits under a directory of the science-data root, queue one work order per file "
+      description="Find every FITS file under a directory of the science-data root, queue one work order per file "
                   "and ingest them in bounded batches.")
 def ingest_fits_directory(root: str = ".", force: bool = False, previews: bool = True, submit_to_svo: bool = False,
                           owner_emails: list[str] | None = None, swedish_data: bool = False,

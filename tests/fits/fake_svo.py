@@ -31,8 +31,9 @@ Rules it keeps, as the real service has them (bmampaey/SOLARNET-service):
 - Data locations are unique on (dataset, file_url) and (dataset, file_path); ``file_path``
   must be relative and avoid ``\\:*?"'<>|`` and CR/LF/NUL.
 
-Test controls: ``expire_count_cache()`` (the 24 hours passed); fault switch: ``fail_next(n, status=500, methods=None)`` answers the next n requests (of those
-methods) with ``status``; ``after_commit=True`` processes them first (a reply lost after the write).
+Test controls: ``expire_count_cache()`` (the 24 hours passed); the fault switch
+``fail_next(n, status=500, methods=None)`` answers the next n requests (of those methods) with
+``status``; ``after_commit=True`` processes them first (a reply lost after the write).
 """
 from __future__ import annotations
 
