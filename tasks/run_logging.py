@@ -93,3 +93,22 @@ def quiet_console_tracebacks() -> None:
                 seen.add(id(handler))
                 if not any(isinstance(f, NoTracebackFilter) for f in handler.filters):
                     handler.addFilter(NoTracebackFilter())
+
+
+def step_logger(fallback: logging.Logger) -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger inside a flow or task (its lines reach the UI), else ``fallback``."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        return fallback
+    from prefect import get_run_logger
+
+    return get_run_logger()
+
+
+def rate(nbytes: int, seconds: float) -> str:
+    """``512.0 MiB at 270 MB/s``: what a person wants from a streaming step."""
+    from flows.reporting import human_size
+
+    size = human_size(nbytes).split(" (")[0]
+    return f"{size} at {nbytes / seconds / 1e6:.0f} MB/s" if seconds > 0 else size

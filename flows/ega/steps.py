@@ -7,6 +7,7 @@ that died after the vault write resumes at the registry step without decrypting.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tasks.checksum import hash_file
 from tasks.claims import claim, owned_name, sweep_owned_staging, sweep_vault_temporaries
 from tasks.errors import UserError
 from tasks.notify import Notification, notify
+from tasks.run_logging import rate, step_logger
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,7 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> 
     private_key = load_pgp_private_key(key.armored, key.passphrase)
     name = owned_name(DOMAIN, located.ingest_id, cfg.staging.new_name(".c4gh"))  # swept by the next attempt
     progress = Progress(f"decrypt + re-encrypt {Path(located.path).name}", Path(located.path).stat().st_size)
+    started = time.perf_counter()
     with open(located.path, "rb") as raw, cfg.staging.atomic_writer(name) as out:
         # Refuse a reused session key before a single byte is decrypted.
         result = reencrypt(ProgressReader(raw, progress), out, private_key, cfg.vault_public_key,
@@ -171,6 +174,9 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> 
     except BaseException:
         cfg.staging.remove(name)
         raise
+    step_logger(log).info("%s decrypted %s, re-encrypted to Crypt4GH in staging (%s %s matches)",
+                          Path(located.path).name, rate(staged.plaintext_size, time.perf_counter() - started),
+                          located.upload.checksum_type, located.upload.checksum)
     return staged
 
 
@@ -203,6 +209,8 @@ def archive(cfg: EgaConfig, msg: EgaMessage, located: Located, staged: Staged,
     )
     row = records.get_by_id(cfg.registry, located.file_id)
     publish(cfg, cfg.internal_exchange, "archived", archived_body(msg, row), correlation_id)
+    step_logger(log).info("%s stored at %s (sha256 %s), read back and verified", msg.stable_id or msg.filepath,
+                          put.uri, archived_sha256)
     return row
 
 
