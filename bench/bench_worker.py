@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""What a deployed EGA ingest costs beyond the flow: publish → Completed on a real stack.
+
+A Prefect server on PostgreSQL, the work pool from `deploy`, one process worker and the
+listener, as docs/operations.md sets them up. Each round publishes one CEGA message for an
+upload of ``--size`` MiB and waits for `files.completed` (what CEGA, the user, waits for). The
+run's state history splits the wait:
+
+  publish → Scheduled   the listener creates the run
+  Scheduled → Pending   the worker's poll (PREFECT_WORKER_QUERY_SECONDS)
+  Pending → Running     the worker starts a process, which imports Prefect and the flow
+  Running → Completed   the flow itself
+  Completed → answer    files.completed reaches CEGA's queue
+
+Side by side, in the same run: the tool pipeline for the same upload (bench_cli.EgaSide.tools).
+Target (#15): the non-flow part ≤ 5 s on a quiet machine.
+
+    python bench/bench_worker.py --size 8 --repeat 5 [--poll-seconds 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PG = os.environ.get("INGEST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP = os.environ.get("INGEST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def _db(name: str, drop: bool = False) -> str:
+    import psycopg
+
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' if drop else f'CREATE DATABASE "{name}"')
+    return PG.rsplit("/", 1)[0] + "/" + name
+
+
+def _run(env: dict[str, str], *args: str) -> str:
+    proc = subprocess.run(list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        raise SystemExit(f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def _wait_reply(stable_id: str, timeout: float = 600) -> float:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    ch = conn.channel()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            method, _, body = ch.basic_get("completed", auto_ack=True)
+            if method is None:
+                time.sleep(0.02)
+                continue
+            if json.loads(body).get("stable_id") == stable_id:
+                return time.time()
+    finally:
+        conn.close()
+    raise SystemExit(f"no files.completed for {stable_id} within {timeout} s")
+
+
+def _history(api: str, stable_id: str) -> dict[str, float]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        run = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"ega-{stable_id}"])))[0]
+        states = client.read_flow_run_states(run.id)
+    first: dict[str, float] = {}
+    for s in states:
+        first.setdefault(s.type.value, s.timestamp.timestamp())
+    return first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=8, help="upload size in MiB (default 8)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--poll-seconds", type=float, default=2.0, help="PREFECT_WORKER_QUERY_SECONDS (docs: 2)")
+    args = parser.parse_args()
+
+    from bench.bench_cli import EgaSide
+    from deployments.localserver import server_env, start_server
+    from tests.conftest import free_port
+
+    work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    token = uuid.uuid4().hex[:8]
+    prefect_db, registry_db = f"bench_prefect_{token}", f"bench_registry_{token}"
+    procs = []
+    try:
+        env = server_env(free_port(), _db(prefect_db), work / "prefect", INGEST_HOME=str(work / "ingest"),
+                         PREFECT_WORKER_QUERY_SECONDS=str(args.poll_seconds), PREFECT_LOGGING_LEVEL="WARNING")
+        registry = _db(registry_db)
+        procs.append(start_server(env, work / "server.log", cwd=ROOT))
+        _run(env, sys.executable, "flows/run.py", "init", "--registry-dsn", registry, "--amqp-url", AMQP)
+        _run(env, sys.executable, "flows/run.py", "broker", "setup", "--local-cega")
+        _run(env, sys.executable, "flows/run.py", "deploy")
+        for name, argv in (("worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", "ingest"]),
+                           ("listener", [sys.executable, "flows/run.py", "listen", "--queue", "files",
+                                         "--deployment", "ingest-ega-file/ega"])):
+            procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(work / f"{name}.log", "w"),
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        side = EgaSide(env, work / "ingest", work)
+        import pika
+
+        rows = []
+        for i in range(args.repeat + 1):  # the first round warms the worker's machine (page cache, pyc)
+            _, message = side.upload(args.size)
+            tools = side.tools(message)
+            conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+            t0 = time.time()
+            conn.channel().basic_publish("", "files", json.dumps(message).encode(),
+                                         pika.BasicProperties(delivery_mode=2))
+            conn.close()
+            answered = _wait_reply(message["stable_id"])
+            h = _history(env["PREFECT_API_URL"], message["stable_id"])
+            row = {"total": answered - t0, "create": h["SCHEDULED"] - t0, "poll": h["PENDING"] - h["SCHEDULED"],
+                   "start+imports": h["RUNNING"] - h["PENDING"], "flow": h["COMPLETED"] - h["RUNNING"],
+                   "answer": answered - h["COMPLETED"], "tools": tools}
+            row["non-flow"] = row["total"] - row["flow"]
+            if i:
+                rows.append(row)
+            print(json.dumps({"round": i, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print(f"\nEGA {args.size} MiB through a deployment, median of {len(rows)} "
+              f"(worker poll {args.poll_seconds:g} s):")
+        for key in ("create", "poll", "start+imports", "flow", "answer", "total", "non-flow", "tools"):
+            print(f"  {key:<14} {med[key]:7.2f} s")
+        print(f"  non-flow target ≤ 5 s: {'met' if med['non-flow'] <= 5 else 'NOT met'}; "
+              f"total / tools = {med['total'] / med['tools']:.2f}")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for db in (prefect_db, registry_db):
+            try:
+                _db(db, drop=True)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+if __name__ == "__main__":
+    main()
