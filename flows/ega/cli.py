@@ -97,6 +97,18 @@ def _broker(args: argparse.Namespace) -> int:
     from flows.ega.topology import setup, setup_sda
 
     block = load_block(BrokerBlock, args.config)
+    if args.action == "protocol":
+        if args.value:
+            if args.value not in ("legacy", "sda"):
+                print("protocol must be legacy or sda", file=sys.stderr)
+                return 1
+            block.protocol = args.value
+            if args.sda_exchange:
+                block.sda_exchange = args.sda_exchange
+            block.save(args.config, overwrite=True)
+        emit({"config": args.config, "protocol": block.protocol, "sda_exchange": block.sda_exchange,
+              "status_exchange": block.status_exchange, "internal_exchange": block.internal_exchange})
+        return 0
     amqp_url = args.amqp_url or (block.amqp_url.get_secret_value() if block.amqp_url else None)
     if not amqp_url:
         print(NO_BROKER, file=sys.stderr)
@@ -137,7 +149,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "unbound until the shovel to Central EGA exists (docs/ega.md): status messages "
                                    "are refused until then, unless --local-cega keeps them in local queues. SDA "
                                    "protocol (broker block): the node's exchange and queues, for a local broker.")
-    b.add_argument("action", choices=["setup"])
+    b.add_argument("action", choices=["setup", "protocol"],
+                   help="setup: declare exchanges and queues; protocol [legacy|sda]: show or set the EGA protocol")
+    b.add_argument("value", nargs="?", help="protocol: legacy or sda")
+    b.add_argument("--sda-exchange", help="protocol sda: the node's exchange (default sda)")
     b.add_argument("--local-cega", action="store_true",
                    help="no CEGA connection: bind queues completed, errors, inbox, inbox.checksums (and processing) "
                         "to cega")
