@@ -53,7 +53,8 @@ def _reconcile(dry_run: bool, stuck_after: timedelta, temporaries_after: timedel
     with registry_block.open() as registry, get_client(sync_client=True) as client:
         own = None if dry_run else steps.reconcile_ingest(registry, name)  # a dry run writes nothing
         for row in steps.stuck_rows(registry, stuck_after):
-            steps.resume_stuck(registry, client, row, limit=limit, dry_run=dry_run, report=report, own=own)
+            steps.resume_stuck(registry, client, row, limit=limit, dry_run=dry_run, report=report, own=own,
+                               stuck_after=stuck_after)
         staging = home_path("staging")
         steps.sweep_staging_files(registry, staging / "ega", "ega", older_than=older, dry_run=dry_run,
                                   report=report, own=own)

@@ -33,11 +33,14 @@ AGENT = "archive-ingest/reconcile"
 DELETION = "deletion"  # PREMIS eventType for removed temporaries
 OWNED = re.compile(r"^\.?(?P<domain>[a-z]+)-(?P<ingest>\d+)-")
 APT_FINISHED = ("Success", "Cancelled")
+# Domains whose runs hold their object's claim (tasks/claims) for the whole run: for them an
+# unclaimed ingest whose run Prefect still calls Running is a zombie (its process is gone).
+CLAIMING_DOMAINS = {"ega"}
 
 
 @dataclass
 class Action:
-    kind: str  # resubmitted | rescheduled | review | removed | orphan | skipped
+    kind: str  # resubmitted | rescheduled | crashed | review | removed | orphan | skipped
     domain: str
     subject: str
     detail: str
@@ -86,6 +89,7 @@ def record(registry: Any, own: Any, action: Action, event_type: str, ingest: Any
 def stuck_rows(registry: Any, older_than: timedelta) -> list[dict[str, Any]]:
     return registry.execute(
         "SELECT * FROM ingests WHERE state = 'in_ingestion' AND domain <> 'reconcile'"
+        " AND review_reason IS NULL"  # flagged for a person: not re-run again and again
         " AND updated_at < now() - %s ORDER BY id", (older_than,))
 
 
@@ -97,7 +101,7 @@ def _deployment_for_flow(client: Any, flow_id: Any) -> Any:
 
 
 def resume_stuck(registry: Any, client: Any, row: dict[str, Any], *, limit: int, dry_run: bool,
-                 report: Report, own: Any) -> None:
+                 report: Report, own: Any, stuck_after: timedelta = timedelta(hours=2)) -> None:
     """One stuck ingest: leave a live run alone, re-run a dead one, or hand it to a person."""
     from flows.reconcile.recovery import LIVE, reschedule
 
@@ -114,6 +118,21 @@ def resume_stuck(registry: Any, client: Any, row: dict[str, Any], *, limit: int,
             run = None
     state = run.state.type.value if run is not None and run.state else None
     if state in LIVE:
+        since = run.state.timestamp
+        if state in ("RUNNING", "PENDING") and domain in CLAIMING_DOMAINS and since is not None \
+                and since < datetime.now(timezone.utc) - stuck_after:
+            # No process holds the claim, so nothing runs it: a worker or machine died and no heartbeat
+            # automation caught it. Crashed is what it is; the recover automation takes it from there.
+            action = report.add(Action("crashed", domain, key, f"flow run {run.name} is {run.state.name} but no "
+                                       "process holds its claim: marked Crashed for the recover automation"))
+            if not dry_run:
+                from prefect.states import Crashed
+
+                client.set_flow_run_state(run.id, Crashed(message="reconcile: no live process holds the "
+                                                          "ingest's claim"), force=True)
+                action.done = True
+                record(registry, own, action, reg.INGESTION, ingest)
+            return
         report.add(Action("skipped", domain, key, f"flow run {run.name} is {run.state.name}"))
         return
     if run is None or state == "COMPLETED":
