@@ -14,10 +14,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.prefect]
 def status_config(prefect_api, pg_dsn: str, unique: str) -> str:
     from pydantic import SecretStr
 
+    from blocks.broker import BrokerBlock
     from blocks.registry import RegistryBlock
 
     name = f"status-{unique}"
     RegistryBlock(dsn=SecretStr(pg_dsn)).save(name, overwrite=True)
+    BrokerBlock().save(name, overwrite=True)
     return name
 
 
@@ -88,6 +90,9 @@ def test_status_counts_match_the_registry(status_config: str, pg_dsn: str) -> No
                         "AND updated_at < now() - interval '6 hours'")[0]["n"]
     assert sum(x["ingests"]["stuck"] for x in d.values()) == stuck == 1
     assert all(x["fixity"]["never_checked"] == 0 for x in d.values())
+
+    code, plan = cli("fixity", "--dry-run", "--config", status_config)  # all four archives in one plan
+    assert code == 0 and plan["domains"] == ["ega", "apt", "fits", "nrao"] and plan["due"] == 0
 
     code, tight = cli("status", "--json", "--stuck-after", "0", "--config", status_config)
     assert tight["domains"]["nrao"]["ingests"]["stuck"] == 2  # the running one too, with no deadline left
