@@ -143,8 +143,10 @@ def render_report(title: str, status: str, summary: dict[str, Any], *, context: 
             facts.append((key, _value(key, value)))
     if facts:
         lines += ["| | |", "|---|---|"] + [f"| **{_cell(k)}** | {v} |" for k, v in facts]
-    for alt, url in images:
-        lines += ["", f"![{_cell(alt)}]({url})", f"[{_cell(alt)}]({url})"]
+    for alt, url in images:  # a browser shows http(s) images; a local file can only be linked
+        if url.startswith(("http://", "https://")):
+            lines += ["", f"![{_cell(alt)}]({url})"]
+        lines += ["", f"[{_cell(alt)}]({url})"]
     if checksums:
         lines += ["", "## Checksums", "", "| algorithm | value | of what |", "|---|---|---|"]
         lines += [f"| {a} | `{v}` | {_cell(o)} |" for a, v, o in checksums]

@@ -123,10 +123,23 @@ def ingest_fits_cube(relative_path: str, oid: str | None = None, owner_emails: l
         events = _events(cfg, summary)
         ingest_report("fits", summary["oid"] or relative_path, summary, events=events,
                       context={"source": relative_path}, timings=summary.get("timings"),
+                      images=_preview_links(cfg, summary.get("previews")),
                       status="Skipped (unchanged)" if summary.get("state") == "skipped" else "Completed")
         return summary
     finally:
         cfg.close()
+
+
+def _preview_links(cfg: FitsConfig, previews: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The preview as an image where the UI can load it (the SVO block's public thumbnail URL base),
+    else a link to the file."""
+    links = []
+    for kind in ("image", "thumbnail"):
+        path = (previews or {}).get(kind)
+        if path:
+            url = cfg.svo.thumbnail_url(cfg.preview_root, path) if cfg.svo is not None else None
+            links.append((f"{kind} preview", url or Path(path).resolve().as_uri()))
+    return links
 
 
 def _failed(cfg: FitsConfig, relative_path: str, exc: BaseException) -> list[str]:

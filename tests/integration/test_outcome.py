@@ -152,3 +152,12 @@ def test_a_user_error_in_each_domain_is_one_line_on_the_cli(ingest_home, tmp_pat
         assert len(errors) == 1 and "rejected: " in errors[0], (domain, proc.stderr[-3000:])
         out = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         assert len(out) == 1 and jsonlib.loads(out[0]), (domain, proc.stdout)
+
+
+def test_previews_are_images_when_the_ui_can_load_them_and_links_otherwise() -> None:
+    text = render_report("FITS ingest: o", "Completed", {"oid": "o"},
+                         images=[("image preview", "https://previews.example.org/o.jpg"),
+                                 ("thumbnail preview", "file:///srv/previews/o.thumb.png")])
+    assert "![image preview](https://previews.example.org/o.jpg)" in text
+    assert "[thumbnail preview](file:///srv/previews/o.thumb.png)" in text
+    assert "![thumbnail preview]" not in text
