@@ -523,7 +523,8 @@ class FakeSvo:
     def _metadata_list(self, method: str, dataset: str, path: str, query: dict, data: Any, user: str | None):
         records = self.state.metadata[dataset]
         if method == "GET":
-            rows = list(records.values())
+            # the model's Meta.ordering = ['date_beg']: PostgreSQL puts NULLs last, ties in no set order
+            rows = sorted(records.values(), key=lambda r: (r.get("date_beg") is None, str(r.get("date_beg") or "")))
             return 200, self._list(rows, lambda r: self._render_metadata(dataset, r), path, query, 100, {
                 "oid": lambda r, v: r["oid"] == v}, cached_count=True), {}
         if method != "POST":

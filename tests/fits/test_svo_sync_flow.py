@@ -136,3 +136,14 @@ def test_sync_pages_past_fifty_records_across_two_syncs(svo_env, fake_svo: FakeS
     assert sorted(fake_svo.state.metadata["CRISP"]) == oids
     listed = [r for r in fake_svo.requests if r.path.endswith("/metadata_crisp/") and r.method == "GET"]
     assert listed and all("offset" in r.query for r in listed)
+
+
+def test_without_an_http_file_url_base_nothing_is_sent(fits_env, fake_svo: FakeSvo, capsys):
+    """The SVO refuses file:// URLs record by record; we refuse before the first request."""
+    fits_env.save_blocks(svo_url=fake_svo.api_url)                     # no file_url_base
+    cube = fits_env.cube()
+    code, summary = fits_env.cli(capsys, "fits", fits_env.rel(cube), "--svo", "--no-previews")
+    assert code == 1 and "needs file_url_base" in summary["error"], summary
+    code, sync = fits_env.cli(capsys, "svo-sync", "--dry-run")
+    assert code == 1 and "needs file_url_base" in sync["error"], sync
+    assert fake_svo.requests == []
