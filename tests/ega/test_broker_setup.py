@@ -65,3 +65,31 @@ def test_local_cega_through_the_cli(ega_env: EgaEnv, gpg, vhost_url: str, pg_dsn
     assert [rk for rk, _ in drain(vhost_url, "errors")] == ["files.error"]
     assert [rk for rk, _ in drain(vhost_url, "processing")] == ["files.processing", "files.processing"]
     assert [rk for rk, _ in drain(vhost_url, "archived")] == ["archived"]
+
+
+def test_sda_protocol_through_the_cli_on_a_node_topology(ega_env: EgaEnv, gpg, vhost_url: str, pg_dsn: str,
+                                                         prefect_api: str, monkeypatch, capsys) -> None:
+    """`broker protocol sda`, `broker setup` (the node's exchange and queues), then a verbatim SDA trigger:
+    its messages land in the node's own queues, as on a real node."""
+    import hashlib
+
+    from flows.ega.sda_messages import check_emitted
+    from flows.run import main
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    save_blocks(ega_env.name, pg_dsn=pg_dsn, amqp_url=vhost_url, cega="cega", lega="lega", keys=ega_env.keys,
+                vault_root=ega_env.vault_root)
+    assert main(["broker", "protocol", "sda", "--config", ega_env.name]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["protocol"] == "sda"
+    assert main(["broker", "setup", "--config", ega_env.name]) == 0
+    assert {"from_cega", "ingest", "accession", "verified"} <= set(
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1])["queues"])
+    msg, upload = submit(ega_env, gpg, b"node\n" * 100, "--compress-algo", "none")
+    trigger = {"type": "ingest", "user": msg["user"], "filepath": msg["filepath"],
+               "encrypted_checksums": [{"type": "sha256", "value": hashlib.sha256(upload.read_bytes()).hexdigest()}]}
+    code, summary = ega_env.run(trigger)
+    assert code == 0 and summary["state"] == "AWAITING_ACCESSION", summary
+    archived, verified = drain(vhost_url, "archived"), drain(vhost_url, "verified")
+    assert [rk for rk, _ in archived] == ["archived"] and [rk for rk, _ in verified] == ["verified"]
+    for rk, body in archived + verified:
+        check_emitted(rk, body)

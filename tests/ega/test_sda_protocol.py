@@ -147,6 +147,11 @@ def test_cancel_after_verification_undoes_it(sda_env: EgaEnv, gpg, pg_dsn: str) 
         files = reg.execute("SELECT * FROM files WHERE ingest_id = %s", (ingest["id"],))
     assert ingest["state"] == "cancelled" and files == []
     assert any(e["event_type"] == "deletion" and "cancelled" in e["detail"] for e in events)
+    # the ingest's run had Completed (awaiting accession); it is undone, so it shows Cancelled
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(ingest["flow_run_id"]).state.is_cancelled()
 
 
 def test_cancel_received_before_the_ingest_ran_stops_it_and_never_starts_one(sda_env: EgaEnv, gpg,
