@@ -45,7 +45,11 @@ class SdaAdapter:
         """A re-sent accession whose run completed: the same ``ingestion-completion`` again. (An accession
         that found its upload cancelled ends Cancelled, so it never lands here.) A re-sent trigger or
         cancel has nothing to repeat: its run's messages stand."""
-        from flows.ega.sda_messages import ROUTE_COMPLETED, IngestionAccession, IngestionCompletion
+        from flows.ega.sda_messages import (
+            ROUTE_COMPLETED,
+            IngestionAccession,
+            IngestionCompletion,
+        )
 
         raw = accepted.parameters["message"]
         if raw.get("type") != "accession":

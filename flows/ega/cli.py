@@ -59,7 +59,7 @@ def run_sda_message(raw: dict, *, correlation_id: str | None = None, config_bloc
         if state.is_cancelled():  # an ingest a cancel reached: undone, not an error
             return EXIT_COMPLETED, {**base, "state": "CANCELLED", "error": state.message}
         summary = state.result()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - classified below: user error 1, anything else 2
         reason = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         code = EXIT_USER_ERROR if is_user_error(exc) else EXIT_SYSTEM_ERROR
         return code, {**base, "state": "ERROR" if code == EXIT_USER_ERROR else "FAILED", "error": reason}

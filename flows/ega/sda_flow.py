@@ -7,7 +7,7 @@ The order of steps for each lives here; the steps are in ``sda_steps``.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -43,9 +43,9 @@ def run_name() -> str:
 def received_time(received_at: datetime | None) -> datetime:
     """When the message was received: the run's scheduled start (the listener creates it on receipt)."""
     if received_at is not None:
-        return received_at if received_at.tzinfo else received_at.replace(tzinfo=timezone.utc)
+        return received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
     scheduled = flow_run.scheduled_start_time
-    return datetime.fromisoformat(scheduled.isoformat()) if scheduled else datetime.now(timezone.utc)
+    return datetime.fromisoformat(scheduled.isoformat()) if scheduled else datetime.now(UTC)
 
 
 @flow(name="ega-sda-message", flow_run_name=run_name,

@@ -13,7 +13,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flows.ega.sda_messages import ROUTE_INBOX, InboxRemove, InboxRename, InboxUpload, SdaModel, checksums
+from flows.ega.sda_messages import (
+    ROUTE_INBOX,
+    InboxRemove,
+    InboxRename,
+    InboxUpload,
+    SdaModel,
+    checksums,
+)
 from tasks.checksum import hash_file
 from tasks.errors import UserError
 from tasks.notify import Notification, notify

@@ -11,7 +11,7 @@ objects, where they do not.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -39,7 +39,7 @@ class Md5(BaseModel):
     value: Annotated[str, Field(pattern=r"^[a-fA-F0-9]{32}$")]
 
 
-Checksum = Annotated[Union[Sha256, Md5], Field(discriminator="type")]
+Checksum = Annotated[Sha256 | Md5, Field(discriminator="type")]
 
 
 def _has_sha256(checksums: list[Any]) -> list[Any]:

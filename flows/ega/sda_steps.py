@@ -24,10 +24,21 @@ from flows.ega import records, sda_records
 from flows.ega.config import EgaConfig
 from flows.ega.inbox import companion_checksums, resolve_upload
 from flows.ega.messages import _checked
-from flows.ega.sda_messages import (ROUTE_ARCHIVED, ROUTE_COMPLETED, ROUTE_ERROR, ROUTE_VERIFIED,
-                                    IngestionAccession, IngestionAccessionRequest, IngestionCompletion,
-                                    IngestionTrigger, IngestionUserError, IngestionVerification, InfoError,
-                                    SdaModel, checksums)
+from flows.ega.sda_messages import (
+    ROUTE_ARCHIVED,
+    ROUTE_COMPLETED,
+    ROUTE_ERROR,
+    ROUTE_VERIFIED,
+    InfoError,
+    IngestionAccession,
+    IngestionAccessionRequest,
+    IngestionCompletion,
+    IngestionTrigger,
+    IngestionUserError,
+    IngestionVerification,
+    SdaModel,
+    checksums,
+)
 from flows.ega.steps import Located, Staged
 from tasks import registry as reg
 from tasks.checksum import hash_file

@@ -31,7 +31,7 @@ def setup(amqp_url: str, *, local_cega: bool = False, status_exchange: str = "ce
     """Declare the legacy topology (idempotent); names can be moved aside (tests use a prefix)."""
     from tasks.notify import declare_topology
 
-    q = lambda name: queue_prefix + name  # noqa: E731
+    q = lambda name: queue_prefix + name
     exchanges = [(internal_exchange, "topic"), (status_exchange, "topic")]
     queues = [q(name) for name in QUEUES]
     bindings = [(q("archived"), internal_exchange, "archived"), (q("qc"), internal_exchange, "qc")]

@@ -36,7 +36,7 @@ def test_every_legacy_message_fits_the_legacy_models(ega_env: EgaEnv, gpg, amqp_
     for rk, body, _ in cega + lega:
         legacy_models.check_emitted(rk, body)
     # and the exact legacy body, unchanged
-    completed = [b for rk, b, _ in cega if rk == "files.completed"][0]
+    completed = next(b for rk, b, _ in cega if rk == "files.completed")
     assert completed == {"user": msg["user"], "filepath": msg["filepath"], "stable_id": msg["stable_id"],
                          "status": {"state": "COMPLETED", "details": f"File ingested, refer to it with {msg['stable_id']}"}}
 
@@ -55,7 +55,7 @@ def test_sda_inbox_upload_rename_remove(sda_env: EgaEnv) -> None:
     sent = sda_messages(sda_env)  # each checked against our SDA models
     assert {b["filepath"]: b["operation"] for _, b in sent} == {"dir/a.c4gh": "upload", "b.c4gh": "upload",
                                                                  "b.c4gh.sha256": "upload"}
-    a = [b for _, b in sent if b["filepath"] == "dir/a.c4gh"][0]
+    a = next(b for _, b in sent if b["filepath"] == "dir/a.c4gh")
     assert a["filesize"] == 4096 and a["encrypted_checksums"] == [{"type": "sha256",
                                                                    "value": hashlib.sha256(data).hexdigest()}]
     assert notify_inbox(user=sda_env.user, config_block=sda_env.name)["count"] == 0

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.ega import legacy_models, sda_messages as sda
+from flows.ega import legacy_models
+from flows.ega import sda_messages as sda
 from tasks.errors import UserError
 
 SHA = "a" * 64

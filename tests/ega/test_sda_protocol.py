@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -69,7 +69,7 @@ def test_trigger_verify_accession_completion(sda_env: EgaEnv, gpg, pg_dsn: str) 
     """1. the trigger starts the ingest; 2. verification reported, accession requested;
     3. the accession completes it under that id; 4. ingestion-completion follows."""
     data = os.urandom(200_000)
-    trigger, path = upload(sda_env, gpg, data)
+    trigger, _ = upload(sda_env, gpg, data)
     code, first = run(sda_env, trigger, correlation_id="corr-sda")
     assert code == 0, first
     assert first["state"] == "AWAITING_ACCESSION" and first["stable_id"] is None
@@ -92,9 +92,10 @@ def test_trigger_verify_accession_completion(sda_env: EgaEnv, gpg, pg_dsn: str) 
     assert sent == [("completed", {"user": sda_env.user, "filepath": trigger["filepath"], "accession_id": accession_id,
                                    "decrypted_checksums": request["decrypted_checksums"]})]
     vault_file = Path(done["vault_uri"].removeprefix("file://"))
-    plain = subprocess.run(["crypt4gh", "decrypt", "--sk", str(sda_env.keys.c4gh_sec)], stdin=open(vault_file, "rb"),
-                           capture_output=True, check=True,
-                           env={**os.environ, "C4GH_PASSPHRASE": sda_env.keys.passphrase}).stdout
+    with open(vault_file, "rb") as sealed:
+        plain = subprocess.run(["crypt4gh", "decrypt", "--sk", str(sda_env.keys.c4gh_sec)], stdin=sealed,
+                               capture_output=True, check=True,
+                               env={**os.environ, "C4GH_PASSPHRASE": sda_env.keys.passphrase}).stdout
     assert plain == data
     from tasks.registry import Registry
 
@@ -159,7 +160,7 @@ def test_cancel_received_before_the_ingest_ran_stops_it_and_never_starts_one(sda
     """The trigger came first but its run starts after the cancel's: the cancel still wins. The cancel
     itself ingests nothing, and a trigger received after it ingests normally."""
     trigger, _ = upload(sda_env, gpg, b"x" * 5000)
-    t0 = datetime.now(timezone.utc)
+    t0 = datetime.now(UTC)
     code, result = run(sda_env, {**trigger, "type": "cancel"}, received_at=t0 + timedelta(seconds=1))
     assert code == 0 and result["state"] == "CANCELLED" and result["cancelled_uploads"] == 0
     assert ega_row(pg_dsn, sda_env.user) == [] and sda_env.vault_files() == []
@@ -188,7 +189,7 @@ def test_cancel_during_the_ingest(sda_env: EgaEnv, gpg, monkeypatch, moment: str
         cfg = load_config(sda_env.name)
         try:
             sda_steps.cancel(cfg, IngestionTrigger.model_validate({**trigger, "type": "cancel"}), None,
-                             datetime.now(timezone.utc))
+                             datetime.now(UTC))
         finally:
             cfg.close()
 
@@ -232,7 +233,7 @@ def test_cancel_of_a_completed_upload_is_refused(sda_env: EgaEnv, gpg) -> None:
 
 
 def test_user_error_is_ingestion_user_error(sda_env: EgaEnv, gpg, pg_dsn: str) -> None:
-    trigger, path = upload(sda_env, gpg, b"abc" * 100)
+    trigger, _ = upload(sda_env, gpg, b"abc" * 100)
     bad = {**trigger, "encrypted_checksums": [{"type": "sha256", "value": "0" * 64}]}
     code, summary = run(sda_env, bad)
     assert code == 1 and "checksum mismatch" in summary["error"], summary
