@@ -87,7 +87,7 @@ def _failed(cfg: Any, request: NraoRequest, ingest_id: int | None, staged: Any, 
     failed: a "failed" notice would then be false. Before that, subscribers hear of the failure once."""
     if not recorded:
         steps.report_failure(cfg, request, ingest_id, steps.describe_error(exc), user_error=user_error,
-                             notify_status=not request.dry_run)
+                             notify_status=not request.dry_run, exc=exc)
     if staged is None:
         return []
     steps.cleanup(staged)

@@ -67,6 +67,14 @@ class Known:
     by_role: dict[str, str] = field(default_factory=dict)   # group ancillary type → locator
 
 
+class AlreadyRecorded(UserError):
+    """The request's science products are recorded and this is not a reingest."""
+
+    def __init__(self, message: str, *, groups: Iterable[str] = ()) -> None:
+        super().__init__(message, code="already_recorded")
+        self.groups = frozenset(groups)  # the requests (natural keys) that recorded them
+
+
 def product_key(product_type: str, filename: str) -> str:
     return f"{product_type}:{filename}"
 
@@ -160,7 +168,7 @@ def _upsert_product(r: Registry, sp: ScienceEntry, *, ingest: reg.Ingest, ingest
     if not reingest:
         got = r.execute(insert + " ON CONFLICT DO NOTHING RETURNING *", params)
         if not got:  # recorded by someone else since the check at staging time
-            raise UserError(already_recorded_message([key]))
+            raise AlreadyRecorded(already_recorded_message([key]))
         return got[0]
     return r.execute(insert + """
         ON CONFLICT (product_key) DO UPDATE SET

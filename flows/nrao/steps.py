@@ -37,6 +37,7 @@ from flows.nrao.products import (AUX_IMAGE_METADATA, MANIFEST_FILENAME, Ingestio
                                  new_locator)
 from flows.reporting import Progress
 from tasks.checksum import hash_file
+from tasks.claims import claim
 from tasks.errors import UserError
 from tasks.notify import Notification, notify
 from tasks.registry import Registry
@@ -218,7 +219,11 @@ def request_id(req: NraoRequest, source: str) -> str:
 
 
 def register(cfg: NraoConfig, req: NraoRequest, flow_run_id: str | None) -> int:
+    """Register the ingest, holding the request's claim (tasks/claims) for the rest of the run: a second
+    run of the same request waits here, then finds the product recorded (refused) or, after a failure,
+    continues from the first one's attempt rows; it never stages or pushes beside it."""
     source = relative_source(cfg.source_root, req.source)
+    claim(cfg.registry, DOMAIN, natural_key(req, source))
     ingest = cfg.registry.begin_ingest(DOMAIN, natural_key(req, source), flow_run_id=flow_run_id, details={
         "kind": req.kind.value, "source": source, "reingest": req.reingest,
         "correlation_id": req.correlation_id})
@@ -286,8 +291,9 @@ def check_recorded(cfg: NraoConfig, req: NraoRequest, staged: Staged) -> records
     else:
         known = records.known_products(cfg.registry, keys)
     if known.products and not req.reingest:
-        raise UserError(records.already_recorded_message([p["product_key"] for p in known.products],
-                                                         [p["locator"] for p in known.products]))
+        raise records.AlreadyRecorded(records.already_recorded_message([p["product_key"] for p in known.products],
+                                                                       [p["locator"] for p in known.products]),
+                                      groups=[p["product_group"] for p in known.products])
     if req.reingest and not known.products:
         _logger().info("--reingest given but nothing of %s is recorded yet; ingesting as new", ", ".join(keys))
     return known
@@ -476,12 +482,19 @@ def report_completed(cfg: NraoConfig, req: NraoRequest, summary: dict[str, Any])
 
 
 def report_failure(cfg: NraoConfig, req: NraoRequest, ingest_id: int | None, reason: str, *,
-                   user_error: bool, notify_status: bool = True) -> None:
-    """Record the failure, then tell subscribers; a broken broker must not hide the original error."""
+                   user_error: bool, notify_status: bool = True, exc: BaseException | None = None) -> None:
+    """Record the failure, then tell subscribers; a broken broker must not hide the original error.
+
+    A request refused because its own products are already recorded is no failed ingest: its row
+    stays ``completed`` (the refusal is still the run's answer)."""
     if ingest_id is not None:
         try:
-            cfg.registry.set_state(ingest_id, "failed", error=reason,  # error_kind: for `status` (flows/status)
-                                   details={"error_kind": "user" if user_error else "system"})
+            ingest = cfg.registry.ingest_by_id(ingest_id)
+            if ingest is not None and isinstance(exc, records.AlreadyRecorded) and exc.groups == {ingest.natural_key}:
+                cfg.registry.set_state(ingest_id, "completed")
+            else:
+                cfg.registry.set_state(ingest_id, "failed", error=reason,  # error_kind: for `status` (flows/status)
+                                       details={"error_kind": "user" if user_error else "system"})
         except Exception as exc:  # the registry may be what failed
             log.warning("could not record the failure of ingest %s: %s", ingest_id, exc)
     if not notify_status:

@@ -377,6 +377,10 @@ def test_reingest_needs_the_flag_and_makes_new_versions(nrao_env) -> None:
     assert refused["error"] == (f"already ingested: calibration:{source}.tar (as {locator}); "
                                 "pass --reingest to archive new versions")
     assert len(env.archives()) == len(first["files"])  # the refused run pushed nothing
+    # a refused duplicate is no failed ingest: the registry still says completed
+    ingest = env.sql("SELECT state, last_error FROM ingests WHERE domain = 'nrao' AND natural_key = %s",
+                     f"calibration:{source}")
+    assert [(i["state"], i["last_error"]) for i in ingest] == [("completed", None)]
     code, second = env.run(*argv, "--reingest")
     assert code == 0, second
     assert second["products"] == first["products"]  # same locator
