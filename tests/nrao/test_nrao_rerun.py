@@ -150,3 +150,31 @@ def test_files_of_an_attempt_never_rerun_are_found_for_reconcile(pg_dsn: str, un
             x["product_group"] != key for x in records.abandoned_attempt_files(r, timedelta(hours=1)))
     finally:
         r.close()
+
+
+def test_a_second_run_of_the_same_request_waits_for_the_first(pg_dsn: str, unique: str, tmp_path: Path) -> None:
+    """register holds the request's claim: a second run at once neither stages nor pushes beside the first."""
+    import threading
+
+    from flows.nrao.steps import NraoConfig, register
+    from tasks.claims import claim, release
+    from tasks.registry import open_registry
+
+    (tmp_path / "runs" / f"cal-{unique}").mkdir(parents=True)
+    first, second = open_registry(pg_dsn), open_registry(pg_dsn)
+    cfg = NraoConfig(ngas_block=None, registry_block=None, transport=None, exchange="nrao",
+                     source_root=tmp_path / "runs", staging_root=tmp_path / "staging", _registry=second)
+    req = NraoRequest(kind=IngestionType.CALIBRATION, source=f"cal-{unique}")
+    try:
+        held = claim(first, "nrao", f"calibration:cal-{unique}")  # the first run, alive
+        got: list[int] = []
+        waiter = threading.Thread(target=lambda: got.append(register(cfg, req, None)), daemon=True)
+        waiter.start()
+        waiter.join(1.5)
+        assert waiter.is_alive() and got == []  # waiting, not registered
+        release(first, held)
+        waiter.join(30)
+        assert not waiter.is_alive() and len(got) == 1
+    finally:
+        first.close()
+        second.close()
