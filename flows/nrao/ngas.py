@@ -258,8 +258,9 @@ class NgasClient:
 
     ``preflight`` probes each mime type once (``ARCHIVE?probe=1&mime_type=``) before the
     first push of that type. NGAS refuses a type with no configured Stream before reading
-    the body and then closes the connection, so a large push would otherwise end in a
-    broken pipe (retried as transient) instead of NGAS's message.
+    the body and then closes the connection: the probe learns it without sending a large
+    body in vain, and without relying on the early reply being read (a reset connection
+    would look transient).
     """
 
     def __init__(self, url: str, *, archive_command: str = ARCHIVE, crc_variant: str | None = "crc32c",
