@@ -34,6 +34,7 @@ from flows.apt.tarscan import ALGORITHMS, BagScan, FileRecord, scan_bag
 from flows.apt.validate import validate_bag
 from flows.reporting import Progress, ProgressReader
 from tasks import registry as reg
+from tasks.claims import claim
 from tasks.errors import UserError
 from tasks.vault import VaultVerifyError
 
@@ -119,7 +120,9 @@ def start(cfg: AptConfig, work_item_id: int, flow_run_id: str | None) -> Item:
     waited = records.claim_object(cfg.registry, row["object_identifier"])
     if waited > 0.5:
         log.info("work item %s waited %.1f s for another run of %s", work_item_id, waited, row["object_identifier"])
-        row = records.get_work_item(cfg.registry, work_item_id)
+    # ... and the work item's own ingest key, which is what reconcile asks about ("is a live run on it?")
+    claim(cfg.registry, DOMAIN, ingest_key(row))
+    row = records.get_work_item(cfg.registry, work_item_id)  # as the run before us left it
     if row["status"] == records.CANCELLED:
         raise WorkItemCancelled(row["note"] or f"work item {work_item_id} was cancelled")
     if row["status"] == records.FAILED and row["error_kind"] == "user":
