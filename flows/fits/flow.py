@@ -144,13 +144,13 @@ def _preview_links(cfg: FitsConfig, previews: dict[str, Any] | None) -> list[tup
 
 def _failed(cfg: FitsConfig, relative_path: str, exc: BaseException) -> list[str]:
     """FITS's part of the failure path: the work order already holds the failure (ingest_one); tell
-    subscribers. FITS stages nothing, so there is nothing to remove."""
+    subscribers. The only thing FITS stages, a gzipped cube's decompressed copy, was removed there."""
     summary = getattr(exc, "fits_summary", None) or steps.result_summary(
         state="failed", path=relative_path, error=steps.describe_error(exc))
     if summary.get("oid"):
         name_run(run_name("fits", summary["oid"]))
     steps.notify_status(cfg, summary)
-    return []
+    return list(getattr(exc, "fits_cleaned", None) or [])
 
 
 def _events(cfg: FitsConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -205,10 +205,23 @@ class Order:
             decompress(self.absolute, staged)
         return staged
 
-    def drop_staged(self) -> None:
+    def read(self, fn, *args, **kwargs):
+        """``fn(data_path, ...)``; a UserError about the decompressed copy names the stored file instead."""
+        try:
+            return fn(self.data_path, *args, **kwargs)
+        except UserError as exc:
+            staged = self.staged
+            if staged is None or staged.name not in exc.message:
+                raise
+            raise UserError(exc.message.replace(staged.name, self.absolute.name)) from exc
+
+    def drop_staged(self) -> list[str]:
+        """Remove this attempt's decompressed copy; returns what was removed (for the failure report)."""
         staged = self.staged
-        if staged is not None:
-            staged.unlink(missing_ok=True)
+        if staged is None or not staged.exists():
+            return []
+        staged.unlink(missing_ok=True)
+        return [str(staged)]
 
 
 def open_order(cfg: FitsConfig, request: CubeRequest, flow_run_id: str | None = None) -> Order:
@@ -252,7 +265,7 @@ def examine(cfg: FitsConfig, order: Order, request: CubeRequest) -> Examined:
     from flows.fits.header import read_headers
     from tasks.checksum import hash_file
 
-    headers = read_headers(order.data_path)
+    headers = order.read(read_headers)
     values = [h.header.get("CHECKSUM") for h in headers.hdus]
     sha256 = None
     if values and all(isinstance(v, str) and v.strip() for v in values):
@@ -326,7 +339,7 @@ def verify(cfg: FitsConfig, order: Order, examined: Examined) -> list[dict[str, 
 
     return [{"index": c.index, "name": c.name or ("PRIMARY" if c.index == 0 else ""),
              "checksum": c.checksum.name, "datasum": c.datasum.name, "value": c.checksum_value}
-            for c in verify_checksums(order.data_path)]
+            for c in order.read(verify_checksums)]
 
 
 # ---------------------------------------------------------------- 5-11. describe
@@ -352,7 +365,7 @@ def describe(cfg: FitsConfig, order: Order, request: CubeRequest, examined: Exam
     # Instrument first: for a file from elsewhere "unknown instrument" is the useful answer.
     instrument = instrument_name(primary, known_instruments(cfg.registry))
     meta = extract_metadata(primary)
-    extensions = read_extension_data(order.data_path)
+    extensions = order.read(read_extension_data)
     oid = observation_id(primary, filename=name, scan_numbers=extensions.scan_numbers, oid=request.oid)
     check_oid_is_free(cfg, oid, order.path)
     obs = observation(primary, name)
@@ -460,9 +473,8 @@ def make_previews(cfg: FitsConfig, order: Order, recorded: Recorded, change_key:
     previous = records.previews(cfg.registry, cube["id"])
     out: dict[str, Any] = {}
     try:
-        image = make_image_previews(order.data_path, out_dir, cube_change_key=change_key,
-                                    previous_key=(previous.get("image") or {}).get("source_key"),
-                                    sibling_of=order.absolute)
+        image = order.read(make_image_previews, out_dir, cube_change_key=change_key,
+                           previous_key=(previous.get("image") or {}).get("source_key"), sibling_of=order.absolute)
     except UserError as exc:
         image = None
         out.update(image=None, regenerated=False, note=f"no preview image: {exc.message}")
@@ -589,7 +601,7 @@ def fail(cfg: FitsConfig, order: Order | None, ingest_id: int | None, exc: BaseE
     row = None
     try:
         if order is not None:
-            order.drop_staged()
+            exc.fits_cleaned = order.drop_staged()  # type: ignore[attr-defined]  # for the failure report
             row = records.fail_order(cfg.registry, order.id, reason, user_error=is_user_error(exc))
         if ingest_id is not None:
             cfg.registry.set_state(ingest_id, "failed", error=reason)

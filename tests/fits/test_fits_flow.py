@@ -640,3 +640,13 @@ def test_gzipped_fts_fit_and_fpacked_cubes_are_ingested(fits_env, capsys):
     code, again = fits_env.cli(capsys, "fits-dir", "wild")
     assert code == 0 and again["counts"]["skipped"] == 4, again
     assert not staging.exists() or list(staging.iterdir()) == []
+    corrupt = fits_env.cube("bad", spec=CubeSpec(date_beg="2019-04-16T12:00:00.5"))
+    raw = bytearray(corrupt.read_bytes())
+    raw[20000] ^= 0xFF                                                       # a data byte: DATASUM fails
+    with gzip.open(corrupt.with_name("corrupt.fits.gz"), "wb") as dst:
+        dst.write(bytes(raw))
+    corrupt.unlink()
+    code, failed = fits_env.cli(capsys, "fits", "bad/corrupt.fits.gz")
+    assert code == 1 and "do not match" in failed["error"], failed
+    assert failed["error"].startswith("corrupt.fits.gz: CHECKSUM and DATASUM of HDU 0"), failed
+    assert list(staging.iterdir()) == []                                     # the failed attempt's copy is gone
