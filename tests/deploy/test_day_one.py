@@ -128,14 +128,14 @@ def day_one(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str):
 
         inbox = base / "ingest" / "inbox" / "day-one-user"
         inbox.mkdir(parents=True)
-        plain = inbox / "reads.txt"
-        plain.write_bytes(os.urandom(3 << 20))
-        encrypt_for_archive(plain, inbox / "reads.txt.gpg", base / "ingest" / "keys" / "ega.pub.asc")
-        plain.unlink()
+        for name in ("reads", "bad"):  # each its own encryption: a reused session key is refused
+            plain = inbox / f"{name}.txt"
+            plain.write_bytes(os.urandom(3 << 20))
+            encrypt_for_archive(plain, inbox / f"{name}.txt.gpg", base / "ingest" / "keys" / "ega.pub.asc")
+            plain.unlink()
         md5 = hashlib.md5((inbox / "reads.txt.gpg").read_bytes()).hexdigest()
         good = f"EGAF{token.upper()}01"
         bad = f"EGAF{token.upper()}02"
-        shutil.copy(inbox / "reads.txt.gpg", inbox / "bad.txt.gpg")
         conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         ch = conn.channel()
         for stable_id, path, checksum in ((good, "reads.txt.gpg", md5), (bad, "bad.txt.gpg", "0" * 32)):
@@ -201,8 +201,10 @@ def _dom(url: str, must_contain: str, tries: int = 4) -> str:
     """The page as the browser rendered it, after its API calls (the UI is a single-page app)."""
     text = ""
     for attempt in range(tries):
+        # a tall window: the runs list is a virtual scroller that renders only rows in view
         proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                               f"--virtual-time-budget={15000 * (attempt + 1)}", "--dump-dom", url],
+                               "--window-size=1400,2000", f"--virtual-time-budget={15000 * (attempt + 1)}",
+                               "--dump-dom", url],
                               capture_output=True, text=True, timeout=180)
         text = proc.stdout
         if must_contain in text:
