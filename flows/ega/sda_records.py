@@ -2,7 +2,7 @@
 
 A cancel is decided by time, not by order of processing: it calls off every ingest of
 its upload whose trigger was received before the cancel was, whichever of the two runs
-gets to the registry first. Both times are the Prefect flow runs' scheduled start
+gets to the registry first. Both times are the Prefect flow runs' creation times
 (the moment the listener created the run), so one clock decides.
 """
 from __future__ import annotations
