@@ -3,13 +3,9 @@ on a database of their own: a fixity run checks everything the registry holds, s
 objects may be in it. The database is migrated once and emptied before each test."""
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -54,32 +50,3 @@ def pg_dsn(fixity_database: str) -> str:
             "AND tablename <> 'fits_instruments'")]
         registry.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
     return fixity_database
-
-
-def cli(*argv: str) -> tuple[int, Any]:
-    """``python flows/run.py …`` in this process: (exit code, the last stdout line as JSON)."""
-    from flows.run import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(argv))
-    lines = out.getvalue().strip().splitlines()
-    return code, json.loads(lines[-1]) if lines else None
-
-
-def sql(dsn: str, query: str, *params: Any) -> list[dict[str, Any]]:
-    from tasks.registry import Registry
-
-    with Registry(dsn) as r:
-        return r.execute(query, params or None)
-
-
-def flip_byte(path: Path, offset: int | None = None) -> None:
-    """One bit pattern changed in place; size and mtime-based shortcuts see nothing."""
-    size = path.stat().st_size
-    offset = size // 2 if offset is None else offset
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        b = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([b[0] ^ 0x01]))

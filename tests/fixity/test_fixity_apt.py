@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cli, flip_byte, sql
+
+from tests.fixity.helpers import cli, flip_byte, sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import cli, sql
+
+from tests.fixity.helpers import cli, sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]
 

@@ -5,10 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import cli, flip_byte, sql
 
 from tests.ega.conftest import EgaEnv, save_blocks
 from tests.ega.test_ega_flow import submit
+from tests.fixity.helpers import cli, flip_byte, sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]
 

@@ -3,9 +3,9 @@ is found by DATASUM; a deleted cube is missing; a cube without CHECKSUM is held 
 from __future__ import annotations
 
 import pytest
-from conftest import cli, flip_byte, sql
 
 from tests.fits.conftest import FitsEnv
+from tests.fixity.helpers import cli, flip_byte, sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]
 

@@ -3,8 +3,8 @@ from NGAS. CHECKFILE finds the first, the second is unavailable; both are record
 from __future__ import annotations
 
 import pytest
-from conftest import cli, sql
 
+from tests.fixity.helpers import cli, sql
 from tests.nrao.test_nrao_flow import calibration, image
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]

@@ -5,7 +5,8 @@ import contextlib
 import io
 
 import pytest
-from conftest import cli, sql
+
+from tests.fixity.helpers import cli, sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefect]
 
