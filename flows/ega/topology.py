@@ -8,8 +8,9 @@ for ``local_cega``: local queues on ``cega`` that keep what CEGA would have rece
 from __future__ import annotations
 
 EXCHANGES = [("lega", "topic"), ("cega", "topic")]
-QUEUES = ["files", "archived", "qc"]
-# `files` is fed by federation from CEGA; `archived` and `qc` are for local subscribers.
+QUEUES = ["files", "archived", "qc", "system-errors"]
+# `files` is fed by federation from CEGA; `archived` and `qc` are for local subscribers; `system-errors`
+# keeps system errors that are nobody's upload (a failed fixity check: fixity.error, flows/fixity).
 BINDINGS = [("archived", "lega", "archived"), ("qc", "lega", "qc")]
 # Without CEGA: queue <- cega [routing key]. `processing` as well, or files.processing (the first
 # message of every ingest) would be unroutable.
@@ -34,7 +35,8 @@ def setup(amqp_url: str, *, local_cega: bool = False, status_exchange: str = "ce
     q = lambda name: queue_prefix + name
     exchanges = [(internal_exchange, "topic"), (status_exchange, "topic")]
     queues = [q(name) for name in QUEUES]
-    bindings = [(q("archived"), internal_exchange, "archived"), (q("qc"), internal_exchange, "qc")]
+    bindings = [(q("archived"), internal_exchange, "archived"), (q("qc"), internal_exchange, "qc"),
+                (q("system-errors"), internal_exchange, "fixity.error")]
     if local_cega:
         queues += [q(name) for name, _ in LOCAL_CEGA]
         bindings += [(q(name), status_exchange, key) for name, key in LOCAL_CEGA]

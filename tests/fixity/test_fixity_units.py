@@ -55,3 +55,16 @@ def test_ega_announcement_is_an_sda_info_error() -> None:
     assert "files.error" not in str(body)
     legacy = announcement(outcome, "run-1")
     assert legacy["original-message"]["stable_id"] == "EGAF1" and legacy["fixity_run"] == "run-1"
+
+
+def test_ega_broker_setup_gives_fixity_errors_a_queue(monkeypatch) -> None:
+    import tasks.notify
+    from flows.ega import topology
+    from flows.fixity.config import EGA_ERROR_ROUTING_KEY
+
+    declared = {}
+    monkeypatch.setattr(tasks.notify, "declare_topology",
+                        lambda url, exchanges, queues, bindings: declared.update(queues=queues, bindings=bindings))
+    topology.setup("amqp://unused")
+    assert ("system-errors", "lega", EGA_ERROR_ROUTING_KEY) in declared["bindings"]
+    assert "system-errors" in declared["queues"]
