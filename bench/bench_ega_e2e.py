@@ -11,7 +11,8 @@ Side by side in one run, interleaved, on a fresh INGEST_HOME whose local API and
   it goes, then read back once).
 
 Peak RSS of our call is the fork's VmHWM (runner.log), which includes the runner's imported
-modules shared with it; what matters is that it does not grow with the file.
+modules shared with it; what matters is that it does not grow with the file. Peak private is
+what the call itself adds to the machine (Private_Clean + Private_Dirty, sampled every 0.2 s).
 Targets (issue 16): >= 2x the tools at 512 MiB and 2 GiB, 1 MiB within 2x of the tools.
 Not a test: run it by hand on a quiet machine, e.g. ``--sizes 1,512,2048 --repeat 3 --s3``.
 """
@@ -45,10 +46,12 @@ def fresh_home(work: Path, name: str, *init_args: str) -> tuple[dict[str, str], 
     return env, home
 
 
-def last_call_rss(home: Path) -> float:
+def last_call_rss(home: Path) -> tuple[float, float]:
+    """(peak RSS, peak private memory) of the last call, in MiB, from runner.log."""
     lines = [ln for ln in (home / "prefect" / "runner.log").read_text().splitlines() if "peak RSS" in ln]
-    match = re.search(r"peak RSS ([0-9.]+) MiB", lines[-1]) if lines else None
-    return float(match.group(1)) if match else float("nan")
+    rss = re.search(r"peak RSS ([0-9.]+) MiB", lines[-1]) if lines else None
+    private = re.search(r"peak private ([0-9.]+) MiB", lines[-1]) if lines else None
+    return (float(rss.group(1)) if rss else float("nan"), float(private.group(1)) if private else float("nan"))
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
@@ -94,13 +97,13 @@ def main() -> None:
                 ours.append(side.ours(msg)[0])
                 rss.append(last_call_rss(home))
             rows.append((size, statistics.median(ours), statistics.median(tools), statistics.median(floor),
-                         max(rss)))
+                         max(r for r, _ in rss), max(p for _, p in rss)))
             print(f"{size} MiB: ours {ours}, tools {tools}, gpg -d {floor}", flush=True)
         print("\n## EGA end to end, filesystem vault (medians)")
         print(f"{'upload':>9} {'ours s':>8} {'tools s':>8} {'speed vs tools':>15} {'gpg -d > file s':>16} "
-              f"{'ours vs gpg -d':>15} {'peak RSS MiB':>13}")
-        for size, o, t, f, r in rows:
-            print(f"{size:>5} MiB {o:8.3f} {t:8.3f} {t / o:14.2f}x {f:16.3f} {f / o:14.2f}x {r:13.1f}")
+              f"{'ours vs gpg -d':>15} {'peak RSS MiB':>13} {'peak private MiB':>17}")
+        for size, o, t, f, r, pv in rows:
+            print(f"{size:>5} MiB {o:8.3f} {t:8.3f} {t / o:14.2f}x {f:16.3f} {f / o:14.2f}x {r:13.1f} {pv:17.1f}")
         if args.s3:
             import boto3
 

@@ -486,6 +486,7 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
         _refresh_prefect()
         conn.sendall(b"started\n")
         _watch_caller(conn)
+        _watch_private_memory()
         from flows.run import main
 
         loaded = set(sys.modules)
@@ -535,13 +536,42 @@ def _peak_rss_mib() -> float:
     return 0.0
 
 
+_PRIVATE_PEAK = [0.0]  # MiB
+
+
+def _private_mib() -> float:
+    """Memory this process alone holds: what the call adds to the machine (its pages shared with the
+    runner, the imports, are counted once, in the runner)."""
+    total = 0
+    try:
+        with open("/proc/self/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+    except OSError:
+        return 0.0
+    return total / 1024
+
+
+def _watch_private_memory(interval: float = 0.2) -> None:
+    import threading
+
+    def sample() -> None:
+        while True:
+            _PRIVATE_PEAK[0] = max(_PRIVATE_PEAK[0], _private_mib())
+            time.sleep(interval)
+
+    threading.Thread(target=sample, name="memory-watch", daemon=True).start()
+
+
 def _log_exit(code: int, seconds: float) -> None:
     """One line per call in runner.log: how it ended, how long it took, its peak memory (the runner's
-    own imports, shared with it, included)."""
+    own imports, shared with it, included) and the peak of its private memory (sampled every 0.2 s)."""
     try:
+        private = max(_PRIVATE_PEAK[0], _private_mib())
         with open(_HOME[0] / "prefect" / "runner.log", "a") as log:
             log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {os.getpid()} exit {code} after "
-                      f"{seconds:.3f} s, peak RSS {_peak_rss_mib():.1f} MiB\n")
+                      f"{seconds:.3f} s, peak RSS {_peak_rss_mib():.1f} MiB, peak private {private:.1f} MiB\n")
     except (OSError, IndexError):
         pass
 
