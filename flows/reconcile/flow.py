@@ -1,7 +1,7 @@
 """Self-healing flows: re-run a crashed ingest run (automation), and reconcile what nothing else will finish."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -112,7 +112,7 @@ reconcile_task = ingest_task(_reconcile, name="reconcile", retries=1)
 
 
 def _name() -> str:
-    return "reconcile-" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%S")
+    return "reconcile-" + datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
 
 
 @flow(name="reconcile", flow_run_name=_name,

@@ -20,7 +20,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,7 @@ def resume_stuck(registry: Any, client: Any, row: dict[str, Any], *, limit: int,
     if state in LIVE:
         since = run.state.timestamp
         if state in ("RUNNING", "PENDING") and domain in CLAIMING_DOMAINS and since is not None \
-                and since < datetime.now(timezone.utc) - stuck_after:
+                and since < datetime.now(UTC) - stuck_after:
             # No process holds the claim, so nothing runs it: a worker or machine died and no heartbeat
             # automation caught it. Crashed is what it is; the recover automation takes it from there.
             action = report.add(Action("crashed", domain, key, f"flow run {run.name} is {run.state.name} but no "
@@ -289,7 +289,7 @@ def sweep_vault(registry: Any, vault: Any, *, older_than: float, dry_run: bool, 
                         _remove(registry, own, report, domain, path,
                                 f"vault temporary of a killed put, untouched for {age / 3600:.1f} h", dry_run)
     elif isinstance(vault, S3Vault):
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than)
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
         for upload in vault.incomplete_uploads():
             if upload["Initiated"] > cutoff:
                 continue

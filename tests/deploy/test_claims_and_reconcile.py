@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from flows.reconcile import steps
-from tasks.claims import (claim, is_claimed, lock_id, owned_name, release, sweep_owned_staging,
-                          sweep_vault_temporaries)
+from tasks.claims import (
+    claim,
+    is_claimed,
+    lock_id,
+    owned_name,
+    release,
+    sweep_owned_staging,
+    sweep_vault_temporaries,
+)
 from tasks.registry import Registry, open_registry
 from tasks.staging import StagingArea
 from tasks.vault import TEMP_PREFIX, FilesystemVault, S3Vault

@@ -12,7 +12,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pika
 import psutil
 import pytest
 
@@ -78,8 +77,7 @@ def _upload(stack: Stack, user: str, name: str, size: int) -> dict:
     user_dir.mkdir(parents=True, exist_ok=True)
     plain = user_dir / name
     with open(plain, "wb") as fh:
-        for _ in range(size // (1 << 20)):
-            fh.write(os.urandom(1 << 20))
+        fh.writelines(os.urandom(1 << 20) for _ in range(size // (1 << 20)))
         fh.write(os.urandom(size % (1 << 20)))
     encrypt_for_archive(plain, user_dir / f"{name}.gpg", stack.ingest_home / "keys" / "ega.pub.asc")
     plain.unlink()
@@ -102,7 +100,12 @@ def _run_done(stack: Stack, stable_id: str, count: int = 1):
 
 
 def _decrypt_task_runs(stack: Stack, flow_run_ids: list) -> list:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
 
     with stack.client() as client:
         return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)),
@@ -135,7 +138,7 @@ def _flow_run_process(worker, flow_run_id: str) -> psutil.Process | None:
 
 def test_sigkilled_ega_run_completes_unattended(ops: Ops) -> None:
     stack = ops.stack
-    msg = _upload(stack, "heal-user", "kill.bin", 160 << 20)
+    msg = _upload(stack, "heal-user", "kill.bin", 96 << 20)
     _publish([msg], ops.files_q)
     run = _wait(lambda: (_runs(stack, msg["stable_id"]) or [None])[0], 60, "the listener to create the run", 0.2)
     staging = stack.ingest_home / "staging" / "ega"
@@ -191,7 +194,7 @@ def test_resend_after_a_system_error_is_a_new_attempt(ops: Ops) -> None:
 
 def test_same_message_twice_at_once_decrypts_once(ops: Ops) -> None:
     stack = ops.stack
-    msg = _upload(stack, "heal-user", "twice.bin", 64 << 20)
+    msg = _upload(stack, "heal-user", "twice.bin", 4 << 20)
     _publish([msg, msg], ops.files_q)  # correlation ids c-0 and c-1
     runs = _wait(lambda: _run_done(stack, msg["stable_id"]), 240, "the run to end")
     assert len(runs) == 1 and runs[0].state.is_completed()
@@ -200,7 +203,7 @@ def test_same_message_twice_at_once_decrypts_once(ops: Ops) -> None:
 
     # Two runs of the same upload at once (a CLI call beside a deployed run, a recovered run beside a
     # resend): the claim makes the second wait and then report the first one's result.
-    second_msg = _upload(stack, "heal-user", "race.bin", 96 << 20)
+    second_msg = _upload(stack, "heal-user", "race.bin", 64 << 20)
     with stack.client() as client:
         dep = client.read_deployment_by_name("ingest-ega-file/ega")
         racers = [client.create_flow_run_from_deployment(
@@ -280,3 +283,90 @@ def test_past_the_attempt_limit_the_ingest_is_marked_for_review_and_a_system_err
     finally:
         registry.close()
         conn.close()
+
+
+def test_a_dead_worker_is_noticed_by_heartbeat_and_its_run_completes(ops: Ops) -> None:
+    """SIGKILL the worker and its flow-run process, as a machine dying would (the flow-run process lives in
+    a session of its own: a dead worker alone leaves it running to the end). Nobody reports the run, which
+    stays Running until the zombie automation sees its heartbeats stop; then it is Crashed, re-run, done."""
+    stack = ops.stack
+    spare = stack.start("worker-zombie", sys.executable, "-m", "prefect", "worker", "start", "--pool", "ingest",
+                        "--limit", "4")
+    msg = _upload(stack, "heal-user", "zombie.bin", 96 << 20)
+    _publish([msg], ops.files_q)
+    run = _wait(lambda: (_runs(stack, msg["stable_id"]) or [None])[0], 60, "the listener to create the run", 0.2)
+    staging = stack.ingest_home / "staging" / "ega"
+
+    def running_worker():
+        if not [p for p in staging.glob(".ega-*.part") if p.stat().st_size > (4 << 20)]:
+            return None
+        return next(((w, p) for w in (ops.worker, spare) if (p := _flow_run_process(w, str(run.id)))), None)
+
+    victim, flow_process = _wait(running_worker, 180, "the run to be mid-decrypt", 0.05)
+    stop(victim, signal.SIGKILL)
+    flow_process.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    if victim is ops.worker:
+        ops.worker = stack.start("worker-heal", sys.executable, "-m", "prefect", "worker", "start", "--pool",
+                                 "ingest", "--limit", "4")
+    try:
+        with stack.client() as client:
+            assert client.read_flow_run(run.id).state.type.value == "RUNNING"
+        def completed():
+            found = _runs(stack, msg["stable_id"])
+            return found if found and found[0].state.is_completed() else None
+
+        runs = _wait(completed, 420, "the zombie run to be crashed, re-run, done", 2)
+        print(f"worker SIGKILLed mid-decrypt → Completed unattended in {time.monotonic() - killed_at:.1f} s")
+        assert len(runs) == 1 and runs[0].state.is_completed() and runs[0].run_count == 2
+        with stack.client() as client:
+            crashed = [s for s in client.read_flow_run_states(run.id) if s.name == "Crashed"]
+        assert crashed and "no heartbeat" in (crashed[0].message or "")
+        objects, temporaries, staged = _vault_and_temporaries(stack, msg["stable_id"])
+        assert len(objects) == 1 and temporaries == [] and staged == []
+        _wait(lambda: ops.replies_for(msg["stable_id"], "files.completed"), 30, "files.completed")
+    finally:
+        stop(spare)
+
+
+def test_reconcile_resubmits_a_crashed_cli_run_and_flags_what_it_cannot_rerun(ops: Ops) -> None:
+    """A CLI run (no deployment) that crashed is resubmitted to its flow's deployment with the same parameters
+    and completes; an ingest with no flow run at all is marked for review. Both are PREMIS events."""
+    from prefect import flow
+    from prefect.states import Crashed
+
+    from tasks.registry import open_registry
+
+    @flow(name="ingest-ega-file")
+    def cli_run() -> None: ...
+
+    stack = ops.stack
+    msg = _upload(stack, "heal-user", "cli.bin", 1 << 20)
+    key = f"{msg['stable_id']}|heal-user/{msg['filepath']}"
+    with stack.client() as client:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: stack.api_url}):
+            dead = client.create_flow_run(cli_run, parameters={"message": msg, "correlation_id": "cli-1"},
+                                          state=Crashed(message="the CLI call was SIGKILLed"))
+    registry = open_registry(stack.registry_dsn)
+    try:
+        stuck = registry.begin_ingest("ega", key, flow_run_id=str(dead.id))
+        orphan = registry.begin_ingest("ega", f"{msg['stable_id']}-lost|heal-user/none.gpg")
+        dry = json.loads(stack.run(sys.executable, "flows/run.py", "reconcile", "--dry-run",
+                                   "--stuck-after-minutes", "0").stdout.strip().splitlines()[-1])
+        mine = {a["subject"]: a for a in dry["actions"] if msg["stable_id"] in a["subject"]}
+        assert mine[key]["kind"] == "resubmitted" and not mine[key].get("done")
+        out = json.loads(stack.run(sys.executable, "flows/run.py", "reconcile", "--stuck-after-minutes", "0")
+                         .stdout.strip().splitlines()[-1])
+        mine = {a["subject"]: a for a in out["actions"] if msg["stable_id"] in a["subject"]}
+        assert mine[key]["kind"] == "resubmitted" and mine[key]["done"]
+        assert mine[orphan.natural_key]["kind"] == "review"
+        runs = _wait(lambda: _run_done(stack, msg["stable_id"]), 240, "the resubmitted run to finish", 2)
+        assert [r.state.type.value for r in runs] == ["COMPLETED"] and runs[0].parameters["message"] == msg
+        assert registry.get_ingest("ega", key).state == "completed"
+        assert [r["id"] for r in registry.for_review("ega") if r["id"] == orphan.id] == [orphan.id]
+        events = [e for e in registry.events(stuck.id) if e["agent"] == "archive-ingest/reconcile"]
+        assert len(events) == 1 and events[0]["event_type"] == "ingestion" and "resubmitted" in events[0]["detail"]
+    finally:
+        registry.close()
