@@ -45,6 +45,25 @@ def run(env: dict[str, str], argv: list[str], *, ok: tuple[int, ...] = (0,)) -> 
     return elapsed, proc.stdout, rss
 
 
+def runner_peak(home: Path, before: int) -> tuple[float, float] | None:
+    """(peak RSS, peak private) in MiB of the call the warm runner's fork ran, from runner.log, when the
+    command ran there (then /usr/bin/time sees only the thin caller)."""
+    import re
+
+    log = home / "prefect" / "runner.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    for line in reversed(lines[before:]):
+        m = re.search(r"peak RSS ([\d.]+) MiB, peak private ([\d.]+) MiB", line)
+        if m:
+            return float(m.group(1)), float(m.group(2))
+    return None
+
+
+def log_lines(home: Path) -> int:
+    log = home / "prefect" / "runner.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
 def build_archive(home: Path, files: int, mib: int) -> list[Path]:
     """Vault objects of ``mib`` MiB and the registry rows of completed EGA ingests pointing at them."""
     from tasks.registry import open_registry
@@ -96,9 +115,14 @@ def main() -> None:
         _, out, _ = run(env, fixity)
         first = json.loads(out.strip().splitlines()[-1])
         assert first["checked"] == args.files and first["failed"] == 0, first
-        ours, theirs, rss, inside = [], [], [], []
+        ours, theirs, rss, inside, private = [], [], [], [], []
         for _ in range(args.repeat):
+            before = log_lines(home)
             t, out, r = run(env, fixity)
+            forked = runner_peak(home, before)
+            if forked:
+                r = int(forked[0] * 2**20)
+                private.append(forked[1])
             summary = json.loads(out.strip().splitlines()[-1])
             assert summary["checked"] == args.files and summary["bytes_read"] == total, summary
             ours.append(t)
@@ -109,7 +133,8 @@ def main() -> None:
         print(f"fixity over {args.files} x {args.mib} MiB = {total / 1e9:.2f} GB on the filesystem vault "
               f"(median of {args.repeat}, page cache warm)")
         print(f"  {'python flows/run.py fixity --domain ega (whole command)':58} {o:7.3f} s  "
-              f"{total / o / 1e6:7.0f} MB/s  peak RSS {max(rss) / 2**20:.0f} MiB")
+              f"{total / o / 1e6:7.0f} MB/s  peak RSS {max(rss) / 2**20:.0f} MiB"
+              + (f" (in the warm runner's fork; private {max(private):.0f} MiB)" if private else ""))
         i = statistics.median(inside)
         print(f"  {'  of which the checks (batches, events) inside the flow':58} {i:7.3f} s  "
               f"{total / i / 1e6:7.0f} MB/s")
