@@ -36,6 +36,16 @@ def run_name(prefix: str, key: str) -> str:
     return f"{prefix}-{key}"[:MAX_NAME]
 
 
+def dated(prefix: str) -> Callable[[], str]:
+    """A ``flow_run_name`` for a run about no one object: ``fixity-2026-11-30T0130`` (UTC)."""
+    def name() -> str:
+        from datetime import datetime, timezone
+
+        return f"{prefix}-{datetime.now(timezone.utc):%Y-%m-%dT%H%M}"
+
+    return name
+
+
 def parameter(name: str, field: str | None = None) -> Any:
     """A flow-run parameter (or one field of it), for ``flow_run_name`` callables; models or dicts."""
     from prefect.context import FlowRunContext

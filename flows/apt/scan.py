@@ -35,6 +35,7 @@ from flows.apt import records
 from flows.apt.config import AptConfig, load_config
 from flows.apt.names import parse_bag_name
 from flows.apt.receiving import ReceivedObject
+from flows.outcome import dated
 from tasks.errors import UserError
 from tasks.prefect_support import ingest_task
 
@@ -150,7 +151,7 @@ start_run = ingest_task(start_deployment_run, name="start-ingest-run")
 resend = ingest_task(resend_status, name="resend-terminal-status")
 
 
-@flow(name="scan-apt-receiving-buckets",
+@flow(name="scan-apt-receiving-buckets", flow_run_name=dated("apt-scan"),
       description="List the receiving buckets, create one work item per new upload, start one ingest each.")
 def scan_receiving_buckets(config_block: str = "default", institutions: list[str] | None = None) -> dict[str, Any]:
     from flows.apt.flow import ingest_apt_bag

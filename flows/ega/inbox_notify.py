@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.outcome import dated
 from tasks.checksum import hash_file
 from tasks.errors import UserError
 from tasks.home import home_path
@@ -67,7 +68,7 @@ def _scan_sda(*args: Any, **kwargs: Any) -> dict[str, Any]:
 scan_inbox_sda_task = ingest_task(_scan_sda, name="scan-inbox-sda")
 
 
-@flow(name="notify-inbox", description="Announce new or changed inbox uploads to CEGA (legacy: files.inbox; "
+@flow(name="notify-inbox", flow_run_name=dated("ega-inbox"), description="Announce new or changed inbox uploads to CEGA (legacy: files.inbox; "
                                        "sda: inbox-upload, inbox-rename, inbox-remove).")
 def notify_inbox(user: str | None = None, inbox_root: str | None = None, config_block: str = "default") -> dict:
     from blocks.broker import BrokerBlock

@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.fits import records, steps
 from flows.fits.steps import CubeRequest, FitsConfig, load_config
-from flows.outcome import failure_path, name_run, parameter, run_name
+from flows.outcome import dated, failure_path, name_run, parameter, run_name
 from flows.reporting import ingest_report
 from tasks.errors import UserError, is_user_error
 from tasks.prefect_support import ingest_task, retry_base
@@ -285,7 +285,7 @@ def _bulk_report(name: str, summary: dict[str, Any]) -> None:
     ingest_report("fits", name, {k: v for k, v in summary.items() if k != "results"}, files=table)
 
 
-@flow(name="ingest-fits-directory", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
+@flow(name="ingest-fits-directory", flow_run_name=dated("fits-dir"), task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
       description="Find every FITS file under a directory of the science-data root, queue one work order per file "
                   "and ingest them in bounded batches.")
 def ingest_fits_directory(root: str = ".", force: bool = False, previews: bool = True, submit_to_svo: bool = False,
@@ -314,7 +314,7 @@ def _claim(cfg: FitsConfig, limit: int, stale_after_s: float, flow_run_id: str |
 claim_work = ingest_task(_claim, name="claim-work-orders")
 
 
-@flow(name="process-fits-work-orders", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
+@flow(name="process-fits-work-orders", flow_run_name=dated("fits-work-orders"), task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
       description="Drain queued FITS work orders (python flows/run.py fits PATH --queue) in bounded batches: "
                   "many requests share one run, so an unchanged cube costs a header read, not a flow run.")
 def process_work_orders(limit: int = 1000, batch_size: int = DEFAULT_BATCH_SIZE, stale_after_minutes: float = 360,
@@ -340,7 +340,7 @@ def process_work_orders(limit: int = 1000, batch_size: int = DEFAULT_BATCH_SIZE,
         cfg.close()
 
 
-@flow(name="reingest-all-fits", task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
+@flow(name="reingest-all-fits", flow_run_name=dated("fits-reingest"), task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
       description="Re-ingest every recorded cube in bounded batches (force: rebuild metadata even when unchanged).")
 def reingest_all(force: bool = True, previews: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
                  config_block: str = "default", science_root: str | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from prefect import flow
 
 from flows.fits import records, steps
 from flows.fits.steps import FitsConfig, load_config
+from flows.outcome import dated
 from flows.reporting import ingest_report
 from tasks.errors import UserError
 from tasks.prefect_support import ingest_task
@@ -78,7 +79,7 @@ def plan_lines(plan: Any) -> list[str]:
             + [f"update {r.dataset} {r.oid}" for r in plan.update])
 
 
-@flow(name="sync-with-svo",
+@flow(name="sync-with-svo", flow_run_name=dated("svo-sync"),
       description="Make the SVO match the archive: delete remote-only records, submit local-only ones, "
                   "optionally update shared ones; dry_run only reports the plan.")
 def sync_with_svo(dry_run: bool = False, update_existing: bool = False, config_block: str = "default",

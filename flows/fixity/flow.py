@@ -12,6 +12,7 @@ from flows.fixity import plan as planning
 from flows.fixity import record, steps
 from flows.fixity.config import load_config
 from flows.fixity.report import fixity_markdown
+from flows.outcome import dated
 from tasks.prefect_support import ingest_task
 
 check_batch = ingest_task(steps.check_batch, name="check-batch", retries=2)
@@ -28,7 +29,7 @@ class FixityFailed(Exception):
         self.summary = summary
 
 
-@flow(name="fixity-audit",
+@flow(name="fixity-audit", flow_run_name=dated("fixity"),
       description="Re-verify stored objects (EGA vault, APT copies, FITS cubes, NGAS files) against the "
                   "registry, oldest check first, within a byte budget; a mismatch or missing object is "
                   "recorded, marked for review, announced, and fails the run.")

@@ -5,10 +5,11 @@ from typing import Any
 
 from prefect import flow
 
+from flows.outcome import dated
 from flows.status.report import DEFAULT_STUCK_AFTER, build_status, render_markdown
 
 
-@flow(name="archive-status", description="Per archive: stored objects and bytes, in progress and stuck ingests, "
+@flow(name="archive-status", flow_run_name=dated("archive-status"), description="Per archive: stored objects and bytes, in progress and stuck ingests, "
                                           "failures by reason and kind, fixity and review; as a Markdown artifact.")
 def archive_status(stuck_after: str = DEFAULT_STUCK_AFTER, config_block: str = "default") -> dict[str, Any]:
     from prefect.artifacts import create_markdown_artifact
