@@ -40,10 +40,11 @@ def upsert_upload(reg: Registry, key: UploadKey, ingest_id: int, triggered_at: d
     """Create or fetch this upload's row; a cancel received after ``triggered_at`` leaves it cancelled."""
     file_id = sda_file_id(key)
     with reg.transaction() as conn:
-        conn.execute(
+        # A new upload at the path replaces one not yet completed; its archived copy goes (see superseded).
+        replaced = conn.execute(
             "UPDATE ega_files SET status = 'disabled', updated_at = now() WHERE user_name = %s AND filepath = %s "
-            "AND upload_checksum <> %s AND status NOT IN ('disabled', 'completed')",
-            (key.user, key.filepath, key.checksum))
+            "AND upload_checksum <> %s AND status NOT IN ('disabled', 'completed') RETURNING sda_file_id",
+            (key.user, key.filepath, key.checksum)).fetchall()
         row = conn.execute(
             """
             INSERT INTO ega_files (ingest_id, stable_id, user_name, filepath, upload_checksum, upload_checksum_type,
@@ -65,7 +66,7 @@ def upsert_upload(reg: Registry, key: UploadKey, ingest_id: int, triggered_at: d
                                                              triggered_at):
             row = conn.execute("UPDATE ega_files SET status = 'cancelled', updated_at = now() WHERE id = %s "
                                "RETURNING *", (row["id"],)).fetchone()
-    return row
+    return {**row, "superseded": [r["sda_file_id"] for r in replaced if r["sda_file_id"]]}
 
 
 def is_cancelled(reg: Registry, file_id: int, triggered_at: datetime) -> bool:

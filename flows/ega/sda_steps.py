@@ -105,6 +105,8 @@ def locate(cfg: EgaConfig, trig: IngestionTrigger, ingest_id: int, triggered_at:
         enc = ("sha256", hash_file(path, ["sha256"]).checksums["sha256"])
     upload = records.UploadKey(trig.user, trig.filepath, enc[1], enc[0])
     row = sda_records.upsert_upload(cfg.registry, upload, ingest_id, triggered_at)
+    for old_id in row.pop("superseded"):  # an earlier upload of this path, replaced before its accession
+        cfg.vault.delete(sda_records.vault_key(old_id))
     located = Located(ingest_id, row["id"], str(path), upload, companion_plain, row["status"], row)
     if row["status"] == "cancelled":
         raise Cancelled(f"{trig.user}/{trig.filepath}: cancelled before the ingest started")

@@ -271,3 +271,19 @@ def test_bad_accession_is_info_error(sda_env: EgaEnv, gpg) -> None:
     code, summary = run(sda_env, {**accession_for(trigger, data, "EGAF123")})
     assert code == 1 and "accession_id" in summary["error"]
     assert [rk for rk, _ in sda_messages(sda_env)] == ["error"]
+
+
+def test_reupload_before_accession_replaces_the_archived_copy(sda_env: EgaEnv, gpg, pg_dsn: str) -> None:
+    """The submitter uploads the path again before CEGA answered: the new content is ingested, the old
+    copy leaves the vault, and the old row is disabled (an accession for it then matches nothing)."""
+    first, _ = upload(sda_env, gpg, b"first version\n" * 100)
+    assert run(sda_env, first)[0] == 0
+    old_copy = sda_env.vault_files()
+    second, _ = upload(sda_env, gpg, b"second version\n" * 100)
+    assert second["encrypted_checksums"] != first["encrypted_checksums"]
+    code, summary = run(sda_env, second)
+    assert code == 0 and summary["state"] == "AWAITING_ACCESSION"
+    assert len(sda_env.vault_files()) == 1 and sda_env.vault_files() != old_copy
+    assert sorted(r["status"] for r in ega_row(pg_dsn, sda_env.user)) == ["awaiting_accession", "disabled"]
+    code, refused = run(sda_env, accession_for(first, b"first version\n" * 100, new_accession_id()))
+    assert code == 1 and "no verified upload" in refused["error"]
