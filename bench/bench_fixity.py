@@ -66,6 +66,7 @@ def log_lines(home: Path) -> int:
 
 def build_archive(home: Path, files: int, mib: int) -> list[Path]:
     """Vault objects of ``mib`` MiB and the registry rows of completed EGA ingests pointing at them."""
+    os.environ["INGEST_HOME"] = str(home)
     from tasks.registry import open_registry
 
     vault = home / "vault"
@@ -108,7 +109,16 @@ def main() -> None:
     fixity = [*RUN, "fixity", "--domain", "ega", "--older-than", "0"]
     try:
         run(env, [*RUN, "init"])
-        paths = build_archive(home, args.files, args.mib)
+        # In a child process: this one never becomes a user of the home's embedded PostgreSQL, so it can
+        # stop that server before removing the home.
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(target=build_archive, args=(home, args.files, args.mib))
+        child.start()
+        child.join()
+        if child.exitcode:
+            raise SystemExit(f"building the archive failed ({child.exitcode})")
+        paths = sorted((home / "vault" / "ega").rglob("*.c4gh"))
         total = args.files * (args.mib << 20)
         peer = ["sha256sum", *map(str, paths)]
         run(env, peer)  # warm the page cache and the local API for both
@@ -142,6 +152,9 @@ def main() -> None:
         print(f"  ratio (sha256sum time / ours): {p / o:.2f}x  (target >= 0.9x)")
     finally:
         run(env, [*RUN, "server", "stop"], ok=(0, 1, 2))
+        from tasks import embedded_pg
+
+        embedded_pg.stop_if_unused(home / "pg")
         shutil.rmtree(work, ignore_errors=True)
 
 
