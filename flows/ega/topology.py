@@ -10,7 +10,8 @@ from __future__ import annotations
 EXCHANGES = [("lega", "topic"), ("cega", "topic")]
 QUEUES = ["files", "archived", "qc", "system-errors"]
 # `files` is fed by federation from CEGA; `archived` and `qc` are for local subscribers; `system-errors`
-# keeps system errors that are nobody's upload (a failed fixity check: fixity.error, flows/fixity).
+# keeps system errors that are nobody's upload (a failed fixity check: fixity.error, flows/fixity) and
+# ingests that crashed past the attempt limit (system.error, flows/reconcile/recovery.py).
 BINDINGS = [("archived", "lega", "archived"), ("qc", "lega", "qc")]
 # Without CEGA: queue <- cega [routing key]. `processing` as well, or files.processing (the first
 # message of every ingest) would be unroutable.
@@ -36,7 +37,8 @@ def setup(amqp_url: str, *, local_cega: bool = False, status_exchange: str = "ce
     exchanges = [(internal_exchange, "topic"), (status_exchange, "topic")]
     queues = [q(name) for name in QUEUES]
     bindings = [(q("archived"), internal_exchange, "archived"), (q("qc"), internal_exchange, "qc"),
-                (q("system-errors"), internal_exchange, "fixity.error")]
+                (q("system-errors"), internal_exchange, "fixity.error"),
+                (q("system-errors"), internal_exchange, "system.error")]  # an ingest out of re-runs (reconcile)
     if local_cega:
         queues += [q(name) for name, _ in LOCAL_CEGA]
         bindings += [(q(name), status_exchange, key) for name, key in LOCAL_CEGA]
