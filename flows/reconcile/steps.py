@@ -35,7 +35,7 @@ OWNED = re.compile(r"^\.?(?P<domain>[a-z]+)-(?P<ingest>\d+)-")
 APT_FINISHED = ("Success", "Cancelled")
 # Domains whose runs hold their object's claim (tasks/claims) for the whole run: for them an
 # unclaimed ingest whose run Prefect still calls Running is a zombie (its process is gone).
-CLAIMING_DOMAINS = {"ega"}
+CLAIMING_DOMAINS = {"ega", "apt", "nrao"}  # each claims its ingest key in register/start
 
 
 @dataclass
