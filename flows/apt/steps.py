@@ -36,6 +36,7 @@ from flows.reporting import Progress, ProgressReader
 from tasks import registry as reg
 from tasks.claims import claim
 from tasks.errors import UserError
+from tasks.run_logging import rate, step_logger
 from tasks.vault import VaultVerifyError
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def receive(cfg: AptConfig, item: Item) -> BagScan | None:
         raise UserError(f"Bag is {item.size} bytes, which exceeds the maximum bag size of "
                         f"{cfg.max_bag_size} bytes", code="too_large")
     progress = Progress(f"scan {item.tar_name}", item.size)
+    started = time.perf_counter()
     try:
         with cfg.receiving.open(item.bucket, item.key, item.etag) as raw:
             scan = scan_bag(ProgressReader(raw, progress), bag_name=item.tar_name, algorithms=ALGORITHMS)
@@ -204,6 +206,9 @@ def receive(cfg: AptConfig, item: Item) -> BagScan | None:
         "directories": scan.directories, "files": len(scan.files), "metadata_files": sorted(scan.metadata),
         "payload_oxum": "{}.{}".format(*scan.payload_oxum()),
     }})
+    step_logger(log).info("%s: read %s, %d files hashed (%s)", item.tar_name,
+                          rate(scan.tar_size, time.perf_counter() - started), len(scan.files),
+                          ", ".join(scan.algorithms))
     return scan
 
 
@@ -250,6 +255,8 @@ def validate(cfg: AptConfig, item: Item, scan: BagScan | None) -> dict[str, Any]
     validation = {k: getattr(result, k) for k in VALIDATION_FIELDS}
     validation["profile"] = result.profile.key if result.profile else None
     records.merge_metadata(cfg.registry, item.id, {"validation": validation})
+    step_logger(log).info("%s: valid against %s (access %s, storage %s)", item.tar_name, validation["profile"],
+                          validation.get("access"), validation.get("storage_option"))
     return validation
 
 
@@ -387,6 +394,7 @@ def store(cfg: AptConfig, item: Item, storage_option: str) -> dict[str, Any]:
         if len(pending) >= FLUSH_EVERY or time.monotonic() - last_flush > 2:
             flush()
 
+    started = time.perf_counter()
     outcomes = store_all(jobs, vaults, on_done=on_done)
     flush()
     progress.finish()
@@ -396,7 +404,11 @@ def store(cfg: AptConfig, item: Item, storage_option: str) -> dict[str, Any]:
     if failed:
         raise RuntimeError(f"{len(failed)} file(s) could not be stored, e.g. {failed[0].path}: "
                            f"{failed[0].error}") from failed[0].error
-    return {"targets": targets, "copies": sum(len(j.targets) for j in jobs)}
+    copies = sum(len(j.targets) for j in jobs)
+    step_logger(log).info("%s: stored %d cop%s on %s (%s)", item.identifier, copies, "y" if copies == 1 else "ies",
+                          ", ".join(targets),
+                          rate(sum(j.size * len(j.targets) for j in jobs), time.perf_counter() - started))
+    return {"targets": targets, "copies": copies}
 
 
 # ---------------------------------------------------------------- 7. storage validation
@@ -434,6 +446,8 @@ def verify_storage(cfg: AptConfig, item: Item, storage_option: str) -> int:
         raise VaultVerifyError(f"storage verification failed for {len(failures)} cop"
                                f"{'y' if len(failures) == 1 else 'ies'}: " + "; ".join(failures[:5]),
                                key="", uri="")
+    step_logger(log).info("%s: %d cop%s read back, sha256 and md5 match", item.identifier, verified,
+                          "y" if verified == 1 else "ies")
     return verified
 
 
