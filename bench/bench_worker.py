@@ -9,8 +9,8 @@ run's state history splits the wait:
   publish → Scheduled   the listener creates the run
   Scheduled → Pending   the worker's poll (PREFECT_WORKER_QUERY_SECONDS)
   Pending → Running     the worker starts a process, which imports Prefect and the flow
-  Running → Completed   the flow itself
-  Completed → answer    files.completed reaches CEGA's queue
+  Running → answered    the flow itself, up to files.completed in CEGA's queue (its last step;
+                        Prefect's Completed state follows a moment later)
 
 Side by side, in the same run: the tool pipeline for the same upload (bench_cli.EgaSide.tools).
 Target (#15): the non-flow part ≤ 5 s on a quiet machine.
@@ -71,18 +71,23 @@ def _wait_reply(stable_id: str, timeout: float = 600) -> float:
     raise SystemExit(f"no files.completed for {stable_id} within {timeout} s")
 
 
-def _history(api: str, stable_id: str) -> dict[str, float]:
+def _history(api: str, stable_id: str, timeout: float = 120) -> dict[str, float]:
+    """When the run first entered each state (waits for Completed: CEGA's answer comes just before it)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    deadline = time.monotonic() + timeout
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        run = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"ega-{stable_id}"])))[0]
-        states = client.read_flow_run_states(run.id)
-    first: dict[str, float] = {}
-    for s in states:
-        first.setdefault(s.type.value, s.timestamp.timestamp())
-    return first
+        while True:
+            run = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"ega-{stable_id}"])))[0]
+            first: dict[str, float] = {}
+            for s in client.read_flow_run_states(run.id):
+                first.setdefault(s.type.value, s.timestamp.timestamp())
+            if "COMPLETED" in first or time.monotonic() > deadline:
+                return first
+            time.sleep(0.2)
 
 
 def main() -> None:
@@ -127,20 +132,21 @@ def main() -> None:
             conn.close()
             answered = _wait_reply(message["stable_id"])
             h = _history(env["PREFECT_API_URL"], message["stable_id"])
-            row = {"total": answered - t0, "create": h["SCHEDULED"] - t0, "poll": h["PENDING"] - h["SCHEDULED"],
-                   "start+imports": h["RUNNING"] - h["PENDING"], "flow": h["COMPLETED"] - h["RUNNING"],
-                   "answer": answered - h["COMPLETED"], "tools": tools}
-            row["non-flow"] = row["total"] - row["flow"]
+            # CEGA hears files.completed as the flow's last step, just before Prefect's Completed state
+            row = {"create": h["SCHEDULED"] - t0, "poll": h["PENDING"] - h["SCHEDULED"],
+                   "start+imports": h["RUNNING"] - h["PENDING"], "flow": answered - h["RUNNING"],
+                   "answered": answered - t0, "completed": h["COMPLETED"] - t0, "tools": tools}
+            row["non-flow"] = h["RUNNING"] - t0
             if i:
                 rows.append(row)
             print(json.dumps({"round": i, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         print(f"\nEGA {args.size} MiB through a deployment, median of {len(rows)} "
               f"(worker poll {args.poll_seconds:g} s):")
-        for key in ("create", "poll", "start+imports", "flow", "answer", "total", "non-flow", "tools"):
+        for key in ("create", "poll", "start+imports", "flow", "answered", "completed", "non-flow", "tools"):
             print(f"  {key:<14} {med[key]:7.2f} s")
-        print(f"  non-flow target ≤ 5 s: {'met' if med['non-flow'] <= 5 else 'NOT met'}; "
-              f"total / tools = {med['total'] / med['tools']:.2f}")
+        print(f"  non-flow (publish → flow running) target ≤ 5 s: {'met' if med['non-flow'] <= 5 else 'NOT met'}; "
+              f"answered / tools = {med['answered'] / med['tools']:.2f}")
     finally:
         for proc in reversed(procs):
             proc.terminate()
