@@ -92,6 +92,9 @@ def _listener(stack: Stack, queue: str, name: str = "listener"):
                        "--deployment", "ingest-ega-file/ega", "--amqp-url", AMQP_URL, "--concurrency", "16")
 
 
+MESSAGES = 20  # with ten delivered twice: enough to overlap four runs at a time, and the suite's time
+
+
 def test_queue_messages_become_completed_runs_without_duplicates(stack: Stack, queues) -> None:
     from flows.ega.demo import encrypt_for_archive
 
@@ -100,7 +103,7 @@ def test_queue_messages_become_completed_runs_without_duplicates(stack: Stack, q
     user_dir = stack.ingest_home / "inbox" / "ops-user"
     user_dir.mkdir(parents=True, exist_ok=True)
     messages = []
-    for i in range(50):
+    for i in range(MESSAGES):
         plain = user_dir / f"f{i}.txt"
         plain.write_bytes(f"file {i}\n".encode() * 200)
         encrypt_for_archive(plain, user_dir / f"f{i}.txt.gpg", stack.ingest_home / "keys" / "ega.pub.asc")
@@ -114,15 +117,15 @@ def test_queue_messages_become_completed_runs_without_duplicates(stack: Stack, q
     listener = _listener(stack, files_q)
     try:
         _publish(messages + messages[:10], files_q)  # ten are delivered twice
-        _wait(lambda: _queue_depth(files_q) == 0 and len(_flow_runs(stack, "ega", prefix)) >= 50, 120,
+        _wait(lambda: _queue_depth(files_q) == 0 and len(_flow_runs(stack, "ega", prefix)) >= MESSAGES, 120,
               "the listener to drain the queue")
         runs = _wait(lambda: (lambda rs: rs if all(r.state.is_final() for r in rs) else None)(
             _flow_runs(stack, "ega", prefix)), 600, "every run to finish", interval=3)
-        assert len(runs) == 50
-        assert sorted(r.parameters["message"]["stable_id"] for r in runs) == sorted(m["stable_id"] for m in messages[:50])
+        assert len(runs) == MESSAGES
+        assert sorted(r.parameters["message"]["stable_id"] for r in runs) == sorted(m["stable_id"] for m in messages[:MESSAGES])
         assert {r.state.type.value for r in runs} == {"COMPLETED"}, [r.state.message for r in runs if not r.state.is_completed()][:3]
         vault = sorted((stack.ingest_home / "vault" / "ega").glob(f"{prefix}*/*.c4gh"))
-        assert len(vault) == 50
+        assert len(vault) == MESSAGES
     finally:
         assert stop(listener) == 0  # graceful on SIGTERM
         stop(worker)
@@ -134,7 +137,7 @@ def test_queue_messages_become_completed_runs_without_duplicates(stack: Stack, q
             break
         replies.append((method.routing_key, json.loads(body)))
     conn.close()
-    assert sum(1 for rk, b in replies if rk == "files.completed" and b["stable_id"].startswith(prefix)) >= 50
+    assert sum(1 for rk, b in replies if rk == "files.completed" and b["stable_id"].startswith(prefix)) >= MESSAGES
     errors = [b for rk, b in replies if rk == "files.error"]
     assert len(errors) == 1 and "filepath" in errors[0]["status"]["details"]
 
