@@ -39,7 +39,7 @@ from flows.ega.sda_messages import (
     SdaModel,
     checksums,
 )
-from flows.ega.steps import Located, Staged
+from flows.ega.steps import Located, Staged, record_stored_file
 from tasks import registry as reg
 from tasks.checksum import hash_file
 from tasks.claims import claim, sweep_owned_staging
@@ -267,18 +267,7 @@ def _record_completion(cfg: EgaConfig, row: dict[str, Any]) -> None:
     ingest = r.ingest_by_id(row["ingest_id"])
     assert ingest is not None
     subject = row["stable_id"]
-    sums = {"sha256": row["archive_checksum"], "decrypted_sha256": row["decrypted_sha256"],
-            "decrypted_md5": row["decrypted_md5"], "upload_" + row["upload_checksum_type"]: row["upload_checksum"]}
-    r.upsert_file(DOMAIN, subject, ingest_id=ingest.id, vault_uri=row["archive_uri"], size=row["archive_size"],
-                  checksums={k: v for k, v in sums.items() if v})
-    for algo in ("md5", "sha256"):
-        if row.get(f"upload_{algo}"):
-            r.record_event(ingest, reg.DIGEST_CALCULATION, subject=subject, agent=AGENT,
-                           discriminator=f"encrypted-{algo}", detail=f"encrypted {algo} {row[f'upload_{algo}']}")
-        r.record_event(ingest, reg.DIGEST_CALCULATION, subject=subject, agent=AGENT,
-                       discriminator=f"decrypted-{algo}", detail=f"decrypted {algo} {row[f'decrypted_{algo}']}")
-    r.record_event(ingest, reg.DECRYPTION, subject=subject, agent=AGENT, detail="OpenPGP (streamed)")
-    r.record_event(ingest, reg.ENCRYPTION, subject=subject, agent=AGENT, detail="Crypt4GH to the vault key")
+    record_stored_file(r, ingest, subject, row, AGENT)
     r.record_event(ingest, reg.IDENTIFIER_ASSIGNMENT, subject=subject, agent=AGENT,
                    detail=f"accession {subject} from CEGA for file id {row['sda_file_id']}")
     r.record_event(ingest, reg.INGESTION, subject=subject, agent=AGENT, detail=row["archive_uri"])

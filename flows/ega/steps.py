@@ -235,18 +235,7 @@ def record(cfg: EgaConfig, msg: EgaMessage, located: Located, correlation_id: st
     ingest = r.ingest_by_id(located.ingest_id)
     assert ingest is not None
     subject = msg.stable_id
-    checksums = {"sha256": row["archive_checksum"], "decrypted_sha256": row["decrypted_sha256"],
-                 "decrypted_md5": row["decrypted_md5"], "upload_" + row["upload_checksum_type"]: row["upload_checksum"]}
-    r.upsert_file(DOMAIN, msg.stable_id, ingest_id=ingest.id, vault_uri=row["archive_uri"],
-                  size=row["archive_size"], checksums={k: v for k, v in checksums.items() if v})
-    for algo in ("md5", "sha256"):
-        if row.get(f"upload_{algo}"):
-            r.record_event(ingest, reg.DIGEST_CALCULATION, subject=subject, agent=AGENT,
-                           discriminator=f"encrypted-{algo}", detail=f"encrypted {algo} {row[f'upload_{algo}']}")
-        r.record_event(ingest, reg.DIGEST_CALCULATION, subject=subject, agent=AGENT,
-                       discriminator=f"decrypted-{algo}", detail=f"decrypted {algo} {row[f'decrypted_{algo}']}")
-    r.record_event(ingest, reg.DECRYPTION, subject=subject, agent=AGENT, detail="OpenPGP (streamed)")
-    r.record_event(ingest, reg.ENCRYPTION, subject=subject, agent=AGENT, detail="Crypt4GH to the vault key")
+    record_stored_file(r, ingest, subject, row, AGENT)
     r.record_event(ingest, reg.FIXITY_CHECK, subject=subject, agent=AGENT,
                    detail=f"vault copy sha256 {row['archive_checksum']} size {row['archive_size']} read back")
     r.record_event(ingest, reg.INGESTION, subject=subject, agent=AGENT, detail=row["archive_uri"])
@@ -254,6 +243,23 @@ def record(cfg: EgaConfig, msg: EgaMessage, located: Located, correlation_id: st
     r.set_state(ingest.id, "completed")
     publish(cfg, cfg.internal_exchange, "qc", archived_body(msg, row), correlation_id)
     return records.get_by_id(r, located.file_id)
+
+
+def record_stored_file(r: reg.Registry, ingest: reg.Ingest, subject: str, row: dict[str, Any], agent: str) -> None:
+    """The files row and the provenance every EGA ingest has (digests, decryption, encryption), in either
+    protocol; the caller adds what is its own (fixity check, identifier assignment) and the ingestion."""
+    checksums = {"sha256": row["archive_checksum"], "decrypted_sha256": row["decrypted_sha256"],
+                 "decrypted_md5": row["decrypted_md5"], "upload_" + row["upload_checksum_type"]: row["upload_checksum"]}
+    r.upsert_file(DOMAIN, subject, ingest_id=ingest.id, vault_uri=row["archive_uri"],
+                  size=row["archive_size"], checksums={k: v for k, v in checksums.items() if v})
+    for algo in ("md5", "sha256"):
+        if row.get(f"upload_{algo}"):
+            r.record_event(ingest, reg.DIGEST_CALCULATION, subject=subject, agent=agent,
+                           discriminator=f"encrypted-{algo}", detail=f"encrypted {algo} {row[f'upload_{algo}']}")
+        r.record_event(ingest, reg.DIGEST_CALCULATION, subject=subject, agent=agent,
+                       discriminator=f"decrypted-{algo}", detail=f"decrypted {algo} {row[f'decrypted_{algo}']}")
+    r.record_event(ingest, reg.DECRYPTION, subject=subject, agent=agent, detail="OpenPGP (streamed)")
+    r.record_event(ingest, reg.ENCRYPTION, subject=subject, agent=agent, detail="Crypt4GH to the vault key")
 
 
 # ---------------------------------------------------------------- 9. status

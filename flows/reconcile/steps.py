@@ -100,6 +100,15 @@ def _deployment_for_flow(client: Any, flow_id: Any) -> Any:
     return deployments[0] if deployments else None
 
 
+def _review(registry: Any, own: Any, report: Any, ingest: Any, why: str, dry_run: bool) -> None:
+    """Hand a stuck ingest to a person: the review mark and its event (nothing in a dry run)."""
+    action = report.add(Action("review", ingest.domain, ingest.natural_key, why))
+    if not dry_run:
+        registry.mark_for_review(ingest.id, f"reconcile: {why}")
+        action.done = True
+        record(registry, own, action, reg.INGESTION, ingest)
+
+
 def resume_stuck(registry: Any, client: Any, row: dict[str, Any], *, limit: int, dry_run: bool,
                  report: Report, own: Any, stuck_after: timedelta = timedelta(hours=2)) -> None:
     """One stuck ingest: leave a live run alone, re-run a dead one, or hand it to a person."""
@@ -137,20 +146,12 @@ def resume_stuck(registry: Any, client: Any, row: dict[str, Any], *, limit: int,
         return
     if run is None or state == "COMPLETED":
         why = "no flow run to re-run" if run is None else f"flow run {run.name} Completed but the ingest did not"
-        action = report.add(Action("review", domain, key, why))
-        if not dry_run:
-            registry.mark_for_review(ingest.id, f"reconcile: {why}")
-            action.done = True
-            record(registry, own, action, reg.INGESTION, ingest)
+        _review(registry, own, report, ingest, why, dry_run)
         return
     attempts = max(1, run.run_count)
     if attempts >= limit:
         why = f"flow run {run.name} ended {run.state.name} after {attempts} attempt(s), the limit is {limit}"
-        action = report.add(Action("review", domain, key, why))
-        if not dry_run:
-            registry.mark_for_review(ingest.id, f"reconcile: {why}")
-            action.done = True
-            record(registry, own, action, reg.INGESTION, ingest)
+        _review(registry, own, report, ingest, why, dry_run)
         return
     if run.deployment_id is not None:
         action = report.add(Action("rescheduled", domain, key,
@@ -163,11 +164,7 @@ def resume_stuck(registry: Any, client: Any, row: dict[str, Any], *, limit: int,
     deployment = _deployment_for_flow(client, run.flow_id)
     if deployment is None:
         why = f"flow run {run.name} ran outside a deployment and its flow has none to resubmit to"
-        action = report.add(Action("review", domain, key, why))
-        if not dry_run:
-            registry.mark_for_review(ingest.id, f"reconcile: {why}")
-            action.done = True
-            record(registry, own, action, reg.INGESTION, ingest)
+        _review(registry, own, report, ingest, why, dry_run)
         return
     action = report.add(Action("resubmitted", domain, key,
                                f"CLI run {run.name} {run.state.name}; same parameters to deployment "

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import psycopg
 import pytest
 
 from tests.conftest import AMQP_URL, PG_ADMIN_DSN, free_port
+from tests.deploy.test_operations import _wait
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.deploy]
@@ -47,16 +47,6 @@ class DayOne:
     completed: dict
     failed: dict
     env: dict
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _drain(queue: str) -> list[tuple[str, dict]]:
