@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import run_logging
+from tasks import failpoints, run_logging
 from tasks.errors import backoff, retry_unless_user_error
 
 run_logging.install()  # every process that runs our tasks logs a rejected input as one line
@@ -50,6 +50,7 @@ def tag_failed_step(fn: F, step: str) -> F:
     """Let the flow's failure report name the step that failed: the first step an exception leaves is it."""
     @functools.wraps(fn)
     def run_step(*args: Any, **kwargs: Any) -> Any:
+        failpoints.at_task_start(step)  # off unless INGEST_FAILPOINT(_TRACE) is set: bench/kill_loop.py
         try:
             return fn(*args, **kwargs)
         except BaseException as exc:
