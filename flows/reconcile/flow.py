@@ -24,7 +24,8 @@ def _recover(flow_run_id: str, max_attempts: int | None, config_block: str) -> d
     broker, registry_block, _ = _load(config_block)
     with registry_block.open() as registry:
         return recovery.recover(flow_run_id, limit=max_attempts, registry=registry, transport=broker.transport(),
-                                internal_exchange=broker.internal_exchange).as_dict()
+                                internal_exchange=broker.internal_exchange,
+                                sda_exchange=broker.sda_exchange).as_dict()
 
 
 recover_task = ingest_task(_recover, name="recover-crashed-run", retries=3)

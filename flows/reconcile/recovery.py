@@ -7,14 +7,16 @@ Prefect 3.8 never re-runs a Crashed run. An automation created with the deployme
   it again; its idempotency key, its name and its history stay one run in the UI, and a resend of
   the message joins it (tasks/run_attempts);
 * at the limit, the ingest is marked for review in the registry and announced as a **system**
-  error on the domain's channel (EGA: the internal exchange, never ``files.error``, which is for
-  the submitter's mistakes).
+  error on the domain's channel (legacy EGA: the internal exchange, never ``files.error``, which is
+  for the submitter's mistakes; SDA EGA: ``info-error`` on the node's exchange, the SDA message for
+  a fault that is not the submitter's).
 
 The run itself must be safe to repeat, which every ingest flow is (the registry says how far it
 got; tasks/claims sweeps what the dead attempt left).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_VARIABLE = "ingest_max_attempts"  # a Prefect variable; `deploy --max-attempts N` sets it
 INGEST_TAG = "ingest"
+SDA_FLOW = "ega-sda-message"  # flows/ega/sda_flow.py: the run's flow says which protocol its message speaks
 DOMAINS = ("ega", "apt", "fits", "nrao")
 LIVE = {"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"}
 
@@ -88,7 +91,7 @@ def reschedule(client: Any, flow_run_id: Any, message: str) -> None:
 
 
 def recover(flow_run_id: str, *, limit: int | None = None, registry: Any = None, transport: Any = None,
-            internal_exchange: str = "lega", client: Any = None) -> Recovery:
+            internal_exchange: str = "lega", sda_exchange: str = "sda", client: Any = None) -> Recovery:
     """Decide for one crashed run: run it again, or give it to a person and say so."""
     from prefect.client.orchestration import get_client
 
@@ -114,7 +117,10 @@ def recover(flow_run_id: str, *, limit: int | None = None, registry: Any = None,
         out.reason = f"crashed {attempts} time(s), the limit is {limit}; last: {crash}"
         if registry is not None:
             out.ingest_id = mark_for_review(registry, str(run.id), out.reason)
-        out.announced = announce_system_error(run, out, transport, internal_exchange)
+        if transport is not None and is_sda(client, run):
+            out.announced = announce_sda_info_error(run, out, transport, sda_exchange)
+        else:
+            out.announced = announce_system_error(run, out, transport, internal_exchange)
         log.warning("%s (%s) crashed %d times: marked for review and announced as a system error",
                     run.name, run.id, attempts)
         return out
@@ -141,6 +147,39 @@ def system_error_body(run: Any, out: Recovery, domain: str | None) -> dict[str, 
     if domain == "ega" and isinstance(message, dict):  # what CEGA/operators key on
         body.update({k: message.get(k) for k in ("user", "filepath", "stable_id")})
     return body
+
+
+def is_sda(client: Any, run: Any) -> bool:
+    """Whether a crashed run handled an SDA message. Known from the run itself, not from today's broker
+    block: the flow it ran (``ega-sda-message``) fixes the shape of its ``message`` parameter."""
+    return domain_of(run) == "ega" and client.read_flow(run.flow_id).name == SDA_FLOW
+
+
+def sda_info_error(run: Any, out: Recovery) -> dict[str, Any]:
+    """``info-error`` (sda/schemas/federated/info-error.json: error, reason, original-message as text).
+    The reason says the fault is ours and asks nothing of the submitter."""
+    from flows.ega.sda_messages import InfoError
+
+    original = (run.parameters or {}).get("message")
+    text = original if isinstance(original, str) else json.dumps(original, sort_keys=True, default=str)
+    reason = (f"system error at the archive, not in the upload: the ingest crashed {out.attempts} time(s) "
+              f"(the limit is {out.max_attempts}) and is held for the archive's operators; nothing is "
+              f"needed from the submitter. Run {out.flow_run_name} ({out.flow_run_id}).")
+    return InfoError(error="ingestion failed", reason=reason, original_message=text).body()
+
+
+def announce_sda_info_error(run: Any, out: Recovery, transport: Any, sda_exchange: str = "sda") -> str:
+    from flows.ega.sda_messages import ROUTE_ERROR
+    from tasks.notify import PublishRejected
+
+    correlation_id = (run.parameters or {}).get("correlation_id")
+    try:
+        notify(Notification(exchange=sda_exchange, routing_key=ROUTE_ERROR, body=sda_info_error(run, out),
+                            correlation_id=correlation_id if isinstance(correlation_id, str) else None), transport)
+    except PublishRejected as exc:  # nobody bound to the node's error key: the review mark stands
+        log.warning("info-error for %s not delivered (%s); the registry's review mark stands", run.name, exc)
+        return f"{sda_exchange}/{ROUTE_ERROR} info-error (not delivered: {exc})"
+    return f"{sda_exchange}/{ROUTE_ERROR} info-error"
 
 
 def announce_system_error(run: Any, out: Recovery, transport: Any, internal_exchange: str = "lega") -> str | None:
