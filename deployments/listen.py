@@ -10,7 +10,10 @@ nacked with requeue after a growing pause.
 Resends are attempts, not duplicates (tasks/run_attempts): a message whose run is still
 live joins it; one whose run Completed is answered again (EGA: ``files.completed``) without
 new work; one whose run Failed, Crashed or was Cancelled starts the next attempt. Every
-message gets one log line: its message id (or correlation id) → flow run name and id.
+message gets one log line: its message id (or correlation id) → flow run name and id. The run is
+created under the name its flow gives it (``ega-<stable id>``, ``fits-<file>``…: the flow's
+``flow_run_name`` applied to the message's parameters), so the UI shows it from Scheduled on and the
+log line names the run an operator will find.
 
 Concurrency: pika's blocking consumer runs in the main thread; run creation
 runs on an asyncio loop in a second thread with a bounded number in flight, and
@@ -19,6 +22,7 @@ acks are handed back to the pika thread with ``add_callback_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import threading
@@ -65,6 +69,7 @@ class Listener:
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="listen-runs", daemon=True)
         self._client: Any = None
         self._deployment_id: Any = None
+        self._flow: Any = None  # the deployment's flow, for its run names
         self._sem: asyncio.Semaphore | None = None
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
@@ -130,7 +135,9 @@ class Listener:
         self._sem = asyncio.Semaphore(self.concurrency)
         # Resolved once: run_deployment reads the deployment again on every call, which
         # halves how many runs a second one listener can create.
-        self._deployment_id = (await self._client.read_deployment_by_name(self.deployment)).id
+        deployment = await self._client.read_deployment_by_name(self.deployment)
+        self._deployment_id = deployment.id
+        self._flow = deployment_flow(deployment.entrypoint)
 
     async def _close_client(self) -> None:
         if self._client is not None:
@@ -175,7 +182,8 @@ class Listener:
                 # What run_deployment(..., timeout=0, idempotency_key=k) does, minus the lookup, per
                 # attempt: the same key returns the existing run instead of creating a second one.
                 sub = await submit_attempt(self._client, self._deployment_id, accepted.parameters,
-                                           accepted.idempotency_key)
+                                           accepted.idempotency_key,
+                                           name=final_run_name(self._flow, accepted.parameters))
                 answered = None
                 if sub.outcome == "completed":  # before the ack: a failed answer requeues the message
                     answered = await asyncio.to_thread(self.adapter.answer_completed, accepted, correlation_id)
@@ -215,6 +223,43 @@ class Listener:
         log.warning("flow run not created (%s: %s); message requeued", type(exc).__name__, exc)
         channel.basic_nack(tag, requeue=True)
         self.stats.requeued += 1
+
+
+def deployment_flow(entrypoint: str | None) -> Any:
+    """The flow object behind ``path/to/module.py:function``, imported as its package module (not
+    re-executed as a script, as Prefect's loader would). None when it cannot be imported here: the
+    run is then created under Prefect's name and takes the flow's own when it starts."""
+    if not entrypoint or ":" not in entrypoint:
+        return None
+    path, attribute = entrypoint.rsplit(":", 1)
+    module = path.removesuffix(".py").replace("/", ".").replace("\\", ".").lstrip(".")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except Exception as exc:  # noqa: BLE001 - a name is never worth refusing messages over
+        log.warning("flow %s not importable here (%s); runs get their names when they start", entrypoint, exc)
+        return None
+
+
+def final_run_name(flow: Any, parameters: dict[str, Any]) -> str | None:
+    """The name the flow gives its run when it starts, computed now from the same parameters.
+
+    A ``flow_run_name`` template is formatted with them; a callable (flows/outcome ``parameter``)
+    reads them from the flow-run context, which is all a context holding just the parameters needs
+    to provide. None when the flow names no runs, or its naming needs more than the parameters."""
+    naming = getattr(flow, "flow_run_name", None)
+    if not naming:
+        return None
+    try:
+        if isinstance(naming, str):
+            return naming.format(**parameters)
+        from prefect.context import FlowRunContext
+
+        with FlowRunContext.model_construct(parameters=parameters):
+            name = naming()
+        return name if isinstance(name, str) and name else None
+    except Exception as exc:  # noqa: BLE001 - the flow names the run itself when it starts
+        log.debug("run name not computed ahead: %s", exc)
+        return None
 
 
 def _own_log_handler() -> None:

@@ -44,7 +44,8 @@ def _classify(flow_run: Any, fresh: bool) -> str | None:
     return "created" if fresh else "joined"
 
 
-async def _create(client: Any, deployment_id: Any, parameters: dict[str, Any], key: str) -> tuple[Any, bool]:
+async def _create(client: Any, deployment_id: Any, parameters: dict[str, Any], key: str,
+                  name: str | None = None) -> tuple[Any, bool]:
     """``create_flow_run_from_deployment``, keeping what the client drops: the server answers 201 when it
     created the run and 200 when the key returned an existing one (joined, for the log line)."""
     from prefect.client.schemas.actions import DeploymentFlowRunCreate
@@ -52,17 +53,19 @@ async def _create(client: Any, deployment_id: Any, parameters: dict[str, Any], k
     from prefect.states import Scheduled, to_state_create
 
     payload = DeploymentFlowRunCreate(parameters=parameters, state=to_state_create(Scheduled()),
-                                      idempotency_key=key)
+                                      idempotency_key=key, **({"name": name} if name else {}))
     response = await client.request("POST", "/deployments/{id}/create_flow_run", path_params={"id": deployment_id},
                                     json=payload.model_dump(mode="json", exclude_unset=True))
     return FlowRun.model_validate(response.json()), response.status_code == 201
 
 
-async def submit_attempt(client: Any, deployment_id: Any, parameters: dict[str, Any], base_key: str) -> Submission:
-    """Create (or find) the run of the current attempt of ``base_key`` on the deployment."""
+async def submit_attempt(client: Any, deployment_id: Any, parameters: dict[str, Any], base_key: str,
+                         name: str | None = None) -> Submission:
+    """Create (or find) the run of the current attempt of ``base_key`` on the deployment (``name``: the
+    run's name from creation on; None: Prefect picks one until the flow names it)."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         key = attempt_key(base_key, attempt)
-        flow_run, fresh = await _create(client, deployment_id, parameters, key)
+        flow_run, fresh = await _create(client, deployment_id, parameters, key, name)
         outcome = _classify(flow_run, fresh)
         if outcome is not None:
             return Submission(flow_run, attempt, outcome, key)

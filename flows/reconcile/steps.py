@@ -171,7 +171,7 @@ def resume_stuck(registry: Any, client: Any, row: dict[str, Any], *, limit: int,
                                f"{deployment.name}"))
     if not dry_run:
         new = client.create_flow_run_from_deployment(
-            deployment.id, parameters=run.parameters,
+            deployment.id, parameters=run.parameters, name=run.name,  # the name the CLI run had earned
             idempotency_key=f"reconcile:{domain}:{key}:{ingest.attempts}")
         action.detail += f" as flow run {new.name} ({new.id})"
         action.done = True
