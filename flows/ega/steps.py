@@ -16,7 +16,7 @@ from flows.ega import records
 from flows.ega.config import EgaConfig
 from flows.ega.inbox import companion_checksums, resolve_upload
 from flows.ega.keyserver import UNRELATED_KEY, KeyMaterial
-from flows.reporting import Progress, ProgressReader
+from flows.reporting import Progress
 from flows.ega.messages import EgaMessage, completed_message, error_message, expected_checksums
 from tasks import registry as reg
 from tasks.checksum import hash_file
@@ -142,22 +142,29 @@ def fetch_key(cfg: EgaConfig, located: Located) -> KeyMaterial:
 
 # ---------------------------------------------------------------- 5-6. decrypt, re-encrypt, compare
 def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> Staged:
-    """One pass: hash ciphertext, decrypt OpenPGP, hash plaintext, Crypt4GH-encrypt into staging."""
-    from tasks.crypto import reencrypt
-    from tasks.keys import load_pgp_private_key
+    """One pass: hash ciphertext, decrypt OpenPGP, hash plaintext, Crypt4GH-encrypt into staging.
 
-    private_key = load_pgp_private_key(key.armored, key.passphrase)
+    The bytes go through a child process (tasks.reencrypt_process): its peak memory is the pass's
+    own, and a cancel kills it at once; this process keeps the private key and the registry."""
+    from tasks.keys import load_pgp_private_key
+    from tasks.reencrypt_process import ReencryptProcess
+
     name = owned_name(DOMAIN, located.ingest_id, cfg.staging.new_name(".c4gh"))  # swept by the next attempt
     progress = Progress(f"decrypt + re-encrypt {Path(located.path).name}", Path(located.path).stat().st_size)
     started = time.perf_counter()
-    with open(located.path, "rb") as raw, cfg.staging.atomic_writer(name) as out:
+    # Leaving the with kills a child still running before the writer removes its partial file.
+    with open(located.path, "rb") as raw, cfg.staging.atomic_writer(name) as out, \
+            ReencryptProcess(raw, out) as byte_pass:
+        private_key = load_pgp_private_key(key.armored, key.passphrase)  # while the child imports
         # Refuse a reused session key before a single byte is decrypted.
-        result = reencrypt(ProgressReader(raw, progress), out, private_key, cfg.vault_public_key,
-                           on_session_key=lambda sk: records.claim_session_key(
-                               cfg.registry, sk.sha256, located.upload, located.file_id),
-                           # only the ciphertext digest we must compare, and the output's sha256:
-                           # the vault move and its one verifying read check against it
-                           encrypted_algorithms=(located.upload.checksum_type,), hash_output=True)
+        outcome = byte_pass.run(private_key, cfg.vault_public_key,
+                                on_session_key=lambda sk: records.claim_session_key(
+                                    cfg.registry, sk.sha256, located.upload, located.file_id),
+                                # only the ciphertext digest we must compare, and the output's sha256:
+                                # the vault move and its one verifying read check against it
+                                encrypted_algorithms=(located.upload.checksum_type,), hash_output=True,
+                                on_progress=progress.advance)
+    result = outcome.result
     progress.finish()
     staged = Staged(name, result.output_size, result.output_sha256, dict(result.encrypted.checksums),
                     result.encrypted.size, dict(result.plaintext.checksums), result.plaintext.size)
@@ -174,9 +181,10 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> 
     except BaseException:
         cfg.staging.remove(name)
         raise
-    step_logger(log).info("%s decrypted %s, re-encrypted to Crypt4GH in staging (%s %s matches)",
+    step_logger(log).info("%s decrypted %s, re-encrypted to Crypt4GH in staging (%s %s matches; "
+                          "byte pass peak RSS %.1f MiB)",
                           Path(located.path).name, rate(staged.plaintext_size, time.perf_counter() - started),
-                          located.upload.checksum_type, located.upload.checksum)
+                          located.upload.checksum_type, located.upload.checksum, outcome.peak_rss_mib)
     return staged
 
 
