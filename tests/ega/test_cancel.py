@@ -1,0 +1,123 @@
+"""A CLI call stopped in the middle of a large upload's byte pass stops at once, not when the pass ends:
+SIGTERM (what a service manager or a Prefect cancel sends) kills the pass's process, the partial
+staging file is removed, and the ingest is recorded as failed, ready for the next attempt."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.ega.conftest import EgaEnv, new_stable_id
+
+pytestmark = [pytest.mark.integration, pytest.mark.prefect]
+
+ROOT = Path(__file__).resolve().parents[2]
+UPLOAD_MIB = 384  # a pass of several seconds here, even on a quiet machine
+
+
+def byte_pass_pids(parent: int) -> list[int]:
+    """The byte pass processes a call started (their argv names the parent's pid)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"tasks.reencrypt_child" in argv and str(parent).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def large_upload(ega_env: EgaEnv, gpg) -> tuple[dict, Path]:
+    plain = ega_env.inbox.parent / "plain-large.bin"
+    digest = hashlib.sha256()
+    with open(plain, "wb") as fh:
+        for _ in range(UPLOAD_MIB):
+            block = os.urandom(1 << 20)
+            digest.update(block)
+            fh.write(block)
+    upload = ega_env.inbox / ega_env.user / "large.bin.gpg"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    gpg(plain, upload, "--compress-algo", "none")
+    plain.unlink()
+    md5 = hashlib.md5()
+    with open(upload, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            md5.update(block)
+    msg = {"user": ega_env.user, "filepath": upload.name, "stable_id": new_stable_id(),
+           "encrypted_integrity": {"checksum": md5.hexdigest(), "algorithm": "md5"},
+           "unencrypted_integrity": {"checksum": digest.hexdigest(), "algorithm": "sha256"}}
+    return msg, upload
+
+
+def test_sigterm_mid_pass_stops_the_call_at_once_and_undoes_the_ingest(ega_env: EgaEnv, large_upload, prefect_api,
+                                                                      pg_dsn: str, tmp_path: Path) -> None:
+    msg, upload = large_upload
+    message = tmp_path / "message.json"
+    message.write_text(json.dumps(msg))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "INGEST_RETRY_BASE_SECONDS": "0.1"}
+    call = subprocess.Popen([sys.executable, str(ROOT / "flows" / "run.py"), "ega", "--message", str(message),
+                             "--config", ega_env.name], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        # Mid-pass: the byte pass has written part of the staging file.
+        deadline = time.monotonic() + 120
+        children: list[int] = []
+        while time.monotonic() < deadline and call.poll() is None:
+            children = byte_pass_pids(call.pid)
+            if children and any(p.stat().st_size > (8 << 20) for p in ega_env.staging_files()):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the pass never got under way: {call.poll()} {call.stderr.read() if call.poll() else ''}")
+        assert sum(p.stat().st_size for p in ega_env.staging_files()) < upload.stat().st_size // 2
+        stopped = time.monotonic()
+        call.send_signal(signal.SIGTERM)
+        assert all(not alive(pid) for pid in _wait_dead(children, 2.0)), "the byte pass ran on after the SIGTERM"
+        out, err = call.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if call.poll() is None:
+            call.kill()
+            call.wait()
+    assert call.returncode != 0, out
+    assert took < 10, f"the call took {took:.1f} s to stop"
+    assert ega_env.staging_files() == [] and ega_env.vault_files() == []
+    from tasks.registry import Registry
+
+    with Registry(pg_dsn) as reg:
+        ingest = reg.execute("SELECT state FROM ingests WHERE natural_key LIKE %s", (msg["stable_id"] + "|%",))[0]
+        upload_row = reg.execute("SELECT status FROM ega_files WHERE user_name = %s AND filepath = %s",
+                                 (msg["user"], msg["filepath"]))[0]
+    assert ingest["state"] == "failed" and upload_row["status"] == "failed", (ingest, upload_row, err[-2000:])
+    # Not the submitter's fault: CEGA hears nothing of it.
+    assert "files.error" not in [rk for rk, _, _ in ega_env.messages("cega")]
+
+    # The next attempt starts from scratch and completes.
+    code, summary = ega_env.run(msg)
+    assert code == 0 and summary["state"] == "COMPLETED", summary
+
+
+def _wait_dead(pids: list[int], within: float) -> list[int]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.02)
+    return pids
