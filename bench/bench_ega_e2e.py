@@ -10,15 +10,28 @@ Side by side in one run, interleaved, on a fresh INGEST_HOME whose local API and
 * with ``--s3``: ours into an S3 vault on a moto server (the copy is a multipart upload, hashed as
   it goes, then read back once).
 
-Peak RSS of our call is the fork's VmHWM (runner.log), which includes the runner's imported
-modules shared with it; what matters is that it does not grow with the file. Peak private is
-what the call itself adds to the machine (Private_Clean + Private_Dirty, sampled every 0.2 s).
-Targets (issue 16): >= 2x the tools at 512 MiB and 2 GiB, 1 MiB within 2x of the tools.
-Not a test: run it by hand on a quiet machine, e.g. ``--sizes 1,512,2048 --repeat 3 --s3``.
+Memory, three figures per size (the largest of the repeats):
+
+* byte pass peak RSS: VmHWM of the child process that reads, decrypts, hashes and re-encrypts
+  every byte (``tasks.reencrypt_child`` reads it from /proc/self/status at its end; the step logs it);
+* call peak RSS: the warm runner's fork's VmHWM (runner.log), which includes the runner's imported
+  modules (Prefect and its libraries, ~185 MiB) shared with it;
+* call peak private: what the call itself adds to the machine (Private_Clean + Private_Dirty,
+  sampled every 0.2 s).
+
+The home runs at Prefect's default INFO log level, as a user's does: the byte pass's figure is in
+the step's log line on the call's stderr.
+
+``--spawn`` also times the byte pass alone on the smallest size, in this process against in a child
+(started before the key unlock, as the step does): the child's fixed cost.
+Targets (issue 16): >= 2x the tools at 512 MiB and 2 GiB, 1 MiB within 2x of the tools, byte pass
+<= 64 MiB at 2 GiB. Not a test: run it by hand on a quiet machine, e.g.
+``--sizes 1,512,2048 --repeat 3 --s3``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -38,7 +51,7 @@ from bench.bench_cli import EgaSide, cli  # noqa: E402
 def fresh_home(work: Path, name: str, *init_args: str) -> tuple[dict[str, str], Path]:
     home = work / name
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(INGEST_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
+    env.update(INGEST_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     cli(env, "init", *init_args)
     deadline = time.monotonic() + 120
     while not (home / "prefect" / "runner.sock").exists() and time.monotonic() < deadline:
@@ -52,6 +65,45 @@ def last_call_rss(home: Path) -> tuple[float, float]:
     rss = re.search(r"peak RSS ([0-9.]+) MiB", lines[-1]) if lines else None
     private = re.search(r"peak private ([0-9.]+) MiB", lines[-1]) if lines else None
     return (float(rss.group(1)) if rss else float("nan"), float(private.group(1)) if private else float("nan"))
+
+
+BYTE_PASS_RSS = re.compile(r"byte pass peak RSS ([0-9.]+) MiB")
+
+
+def ours(env: dict[str, str], msg: Path) -> tuple[float, float]:
+    """The whole command, and the byte pass's peak RSS from the step's log line."""
+    elapsed, proc = cli(env, "ega", "--message", str(msg))
+    result = json.loads(proc.stdout.splitlines()[-1])
+    if result["state"] != "COMPLETED":
+        raise SystemExit(f"ingest failed: {result}")
+    found = BYTE_PASS_RSS.findall(proc.stderr)
+    return elapsed, float(found[-1]) if found else float("nan")
+
+
+def spawn_cost(home: Path, upload: Path, repeat: int) -> None:
+    """The byte pass alone, as the step runs it (key unlock included), in this process and in a child."""
+    from tasks.crypto import reencrypt
+    from tasks.keys import load_c4gh_public_key, load_pgp_private_key
+    from tasks.reencrypt_process import ReencryptProcess
+
+    keys = home / "keys"
+    armored, passphrase = (keys / "ega.sec.asc").read_text(), (keys / "passphrase").read_text().strip()
+    vault_key = load_c4gh_public_key(keys / "vault.c4gh.pub")
+    out = upload.with_suffix(".bench.c4gh")
+    here, child = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        with open(upload, "rb") as src, open(out, "wb") as dst:
+            reencrypt(src, dst, load_pgp_private_key(armored, passphrase), vault_key)
+        here.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with open(upload, "rb") as src, open(out, "wb") as dst, ReencryptProcess(src, dst) as byte_pass:
+            byte_pass.run(load_pgp_private_key(armored, passphrase), vault_key)
+        child.append(time.perf_counter() - t0)
+    out.unlink()
+    h, c = statistics.median(here), statistics.median(child)
+    print(f"\n## The byte pass alone, {upload.stat().st_size:,} bytes (medians of {repeat}): in this process "
+          f"{h:.3f} s, in a child process {c:.3f} s: the child costs {c - h:+.3f} s")
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
@@ -78,6 +130,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--s3", action="store_true", help="also 512 MiB into an S3 vault on moto")
     parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--spawn", type=int, default=0, metavar="N",
+                        help="also time the byte pass alone on the smallest size, N times each way")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-ega-e2e-", dir=args.dir))
@@ -89,21 +143,27 @@ def main() -> None:
         side = EgaSide(env, home, work)
         rows = []
         for size in sizes:
-            ours, tools, floor, rss = [], [], [], []
+            times, tools, floor, rss, passes = [], [], [], [], []
             for _ in range(args.repeat):
                 msg, message = side.upload(size)
                 tools.append(side.tools(message))
                 floor.append(side.gpg_floor(message))
-                ours.append(side.ours(msg)[0])
+                elapsed, byte_pass = ours(env, msg)
+                times.append(elapsed)
+                passes.append(byte_pass)
                 rss.append(last_call_rss(home))
-            rows.append((size, statistics.median(ours), statistics.median(tools), statistics.median(floor),
-                         max(r for r, _ in rss), max(p for _, p in rss)))
-            print(f"{size} MiB: ours {ours}, tools {tools}, gpg -d {floor}", flush=True)
-        print("\n## EGA end to end, filesystem vault (medians)")
+            rows.append((size, statistics.median(times), statistics.median(tools), statistics.median(floor),
+                         max(passes), max(r for r, _ in rss), max(p for _, p in rss)))
+            print(f"{size} MiB: ours {times}, tools {tools}, gpg -d {floor}, byte pass peak RSS {passes}", flush=True)
+            if args.spawn and size == min(sizes):
+                spawn_cost(home, side.inbox / message["filepath"], args.spawn)
+        print("\n## EGA end to end, filesystem vault (medians; memory: the largest)")
         print(f"{'upload':>9} {'ours s':>8} {'tools s':>8} {'speed vs tools':>15} {'gpg -d > file s':>16} "
-              f"{'ours vs gpg -d':>15} {'peak RSS MiB':>13} {'peak private MiB':>17}")
-        for size, o, t, f, r, pv in rows:
-            print(f"{size:>5} MiB {o:8.3f} {t:8.3f} {t / o:14.2f}x {f:16.3f} {f / o:14.2f}x {r:13.1f} {pv:17.1f}")
+              f"{'ours vs gpg -d':>15} {'byte pass peak RSS MiB':>23} {'call peak RSS MiB':>18} "
+              f"{'call peak private MiB':>22}")
+        for size, o, t, f, bp, r, pv in rows:
+            print(f"{size:>5} MiB {o:8.3f} {t:8.3f} {t / o:14.2f}x {f:16.3f} {f / o:14.2f}x {bp:23.1f} {r:18.1f} "
+                  f"{pv:22.1f}")
         if args.s3:
             import boto3
 

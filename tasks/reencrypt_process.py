@@ -16,8 +16,10 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from tasks.openpgp import (Decryption, OpenPGPPrivateKey, SessionKey, choose_rec
                            decrypt_chunks)
 
 _ROOT = Path(__file__).resolve().parent.parent
+CHECK_SECONDS = 2.0  # how often a running pass asks ``still_wanted``
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,11 @@ class ReencryptProcess:
             on_session_key: Callable[[SessionKey], None] | None = None,
             encrypted_algorithms: tuple[str, ...] = ("md5", "sha256"),
             hash_output: bool = True,
-            on_progress: Callable[[int], None] | None = None) -> PassOutcome:
-        """``tasks.crypto.reencrypt(src, dst, ...)`` with the bytes in the child; ``on_progress`` gets the
-        bytes read since its last call."""
+            on_progress: Callable[[int], None] | None = None,
+            still_wanted: Callable[[], None] | None = None) -> PassOutcome:
+        """``tasks.crypto.reencrypt(src, dst, ...)`` with the bytes in the child. ``on_progress`` gets the
+        bytes read since its last call; ``still_wanted`` is called every ``CHECK_SECONDS`` during the
+        pass and raises to stop it (an SDA cancel recorded meanwhile, say)."""
         session, recipient_body = open_session_key(self.src, private_key, on_session_key)
         request = {"src_fd": self.src.fileno(), "dst_fd": self.dst.fileno(), "block_size": block_size,
                    "encrypted_algorithms": list(encrypted_algorithms), "hash_output": hash_output,
@@ -105,23 +110,37 @@ class ReencryptProcess:
             self.proc.stdin.flush()  # stdin stays open: its end tells the child we are gone
         except BrokenPipeError:
             pass  # the child is dead: _collect says how
-        return self._collect(on_progress)
+        return self._collect(on_progress, still_wanted)
 
-    def _collect(self, on_progress: Callable[[int], None] | None) -> PassOutcome:
+    def _collect(self, on_progress: Callable[[int], None] | None,
+                 still_wanted: Callable[[], None] | None) -> PassOutcome:
         assert self.proc.stdout is not None
-        reported = 0
-        for raw in self.proc.stdout:
-            kind, _, payload = raw.decode().rstrip("\n").partition(" ")
-            if kind == "progress":
-                done = int(payload)
-                if on_progress is not None and done > reported:
-                    on_progress(done - reported)
-                reported = max(reported, done)
-            elif kind == "result":
-                data = json.loads(payload)
-                return PassOutcome(decode_result(data), data["peak_rss_kib"] / 1024)
-            elif kind == "error":
-                raise decode_error(json.loads(payload))
+        fd = self.proc.stdout.fileno()
+        pending, reported, checked = b"", 0, time.monotonic()
+        while True:
+            ready, _, _ = select.select([fd], [], [], CHECK_SECONDS)
+            if still_wanted is not None and time.monotonic() - checked >= CHECK_SECONDS:
+                still_wanted()  # raises to call the pass off: the caller's with kills the child
+                checked = time.monotonic()
+            if not ready:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                kind, _, payload = line.decode().partition(" ")
+                if kind == "progress":
+                    done = int(payload)
+                    if on_progress is not None and done > reported:
+                        on_progress(done - reported)
+                    reported = max(reported, done)
+                elif kind == "result":
+                    data = json.loads(payload)
+                    return PassOutcome(decode_result(data), data["peak_rss_kib"] / 1024)
+                elif kind == "error":
+                    raise decode_error(json.loads(payload))
         code = self.proc.wait()
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         raise RuntimeError(f"the byte pass process {how} before it reported a result")

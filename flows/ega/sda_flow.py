@@ -25,7 +25,7 @@ from tasks.prefect_support import ingest_task
 register = ingest_task(sda_steps.register, name="register")
 locate = ingest_task(sda_steps.locate, name="locate-in-inbox")
 fetch_key = ingest_task(steps.fetch_key, name="fetch-key")
-reencrypt = ingest_task(steps.reencrypt_to_staging, name="decrypt-reencrypt-stage", retries=2)
+reencrypt = ingest_task(sda_steps.reencrypt_to_staging, name="decrypt-reencrypt-stage", retries=2)
 archive = ingest_task(sda_steps.archive, name="archive-to-vault")
 request_accession = ingest_task(sda_steps.request_accession, name="request-accession")
 cancel = ingest_task(sda_steps.cancel, name="cancel-ingest")
@@ -111,7 +111,7 @@ def _ingest(cfg: EgaConfig, trig: IngestionTrigger, raw: dict[str, Any], correla
                 row = located.row
             else:
                 key = fetch_key(cfg, located)
-                staged = reencrypt(cfg, located, key)
+                staged = reencrypt(cfg, located, key, when)
                 sda_steps.check_not_cancelled(cfg, located, when, "before archiving")
                 row = archive(cfg, located, staged, when)
                 staged = None  # moved into the vault

@@ -39,7 +39,9 @@ from flows.ega.sda_messages import (
     SdaModel,
     checksums,
 )
+from flows.ega.keyserver import KeyMaterial
 from flows.ega.steps import Located, Staged, record_stored_file
+from flows.ega.steps import reencrypt_to_staging as _reencrypt_to_staging
 from tasks import registry as reg
 from tasks.checksum import hash_file
 from tasks.claims import claim, sweep_owned_staging
@@ -116,6 +118,12 @@ def locate(cfg: EgaConfig, trig: IngestionTrigger, ingest_id: int, triggered_at:
 def check_not_cancelled(cfg: EgaConfig, located: Located, triggered_at: datetime, where: str) -> None:
     if sda_records.is_cancelled(cfg.registry, located.file_id, triggered_at):
         raise Cancelled(f"{located.upload.user}/{located.upload.filepath}: cancelled {where}")
+
+
+def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial, triggered_at: datetime) -> Staged:
+    """Legacy's pass, called off within seconds of a cancel recorded while it runs (its process is killed)."""
+    return _reencrypt_to_staging(cfg, located, key, still_wanted=lambda: check_not_cancelled(
+        cfg, located, triggered_at, "during the decrypt pass"))
 
 
 def archive(cfg: EgaConfig, located: Located, staged: Staged, triggered_at: datetime) -> dict[str, Any]:

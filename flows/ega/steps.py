@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,13 @@ def fetch_key(cfg: EgaConfig, located: Located) -> KeyMaterial:
 
 
 # ---------------------------------------------------------------- 5-6. decrypt, re-encrypt, compare
-def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> Staged:
+def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial,
+                         still_wanted: Callable[[], None] | None = None) -> Staged:
     """One pass: hash ciphertext, decrypt OpenPGP, hash plaintext, Crypt4GH-encrypt into staging.
 
     The bytes go through a child process (tasks.reencrypt_process): its peak memory is the pass's
-    own, and a cancel kills it at once; this process keeps the private key and the registry."""
+    own, and a cancel kills it at once; this process keeps the private key and the registry.
+    ``still_wanted`` is asked every few seconds during the pass and raises to stop it (SDA's cancel)."""
     from tasks.keys import load_pgp_private_key
     from tasks.reencrypt_process import ReencryptProcess
 
@@ -163,7 +166,7 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial) -> 
                                 # only the ciphertext digest we must compare, and the output's sha256:
                                 # the vault move and its one verifying read check against it
                                 encrypted_algorithms=(located.upload.checksum_type,), hash_output=True,
-                                on_progress=progress.advance)
+                                on_progress=progress.advance, still_wanted=still_wanted)
     result = outcome.result
     progress.finish()
     staged = Staged(name, result.output_size, result.output_sha256, dict(result.encrypted.checksums),

@@ -239,3 +239,24 @@ def test_a_parent_killed_outright_takes_the_child_with_it(tmp_path, archive_keys
     parent.kill()
     parent.wait(timeout=30)
     assert _gone(child, 1), "the byte pass outlived its parent"
+
+
+def test_still_wanted_calls_the_pass_off_mid_way(tmp_path, archive_keys, big_upload, monkeypatch):
+    import tasks.reencrypt_process as rp
+
+    monkeypatch.setattr(rp, "CHECK_SECONDS", 0.2)
+    asked, read = [], []
+
+    def still_wanted() -> None:
+        asked.append(time.monotonic())
+        if sum(read) > (16 << 20):
+            raise UserError("cancelled during the decrypt pass")
+
+    out = tmp_path / "out.c4gh"
+    with open(big_upload, "rb") as src, open(out, "wb") as dst, pytest.raises(UserError, match="cancelled"), \
+            ReencryptProcess(src, dst) as byte_pass:
+        child = byte_pass.proc
+        byte_pass.run(archive_keys.private_key, archive_keys.vault_public_key, block_size=64 << 10,
+                      on_progress=read.append, still_wanted=still_wanted)
+    assert child.returncode is not None  # killed on the way out, not left to finish
+    assert len(asked) >= 2 and sum(read) < big_upload.stat().st_size

@@ -45,50 +45,64 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def large_upload(ega_env: EgaEnv, gpg) -> tuple[dict, Path]:
-    plain = ega_env.inbox.parent / "plain-large.bin"
-    digest = hashlib.sha256()
+def make_large_upload(env: EgaEnv, gpg, name: str) -> tuple[Path, dict[str, str]]:
+    """A random upload of UPLOAD_MIB, encrypted as a submitter would, and its checksums."""
+    plain = env.inbox.parent / f"plain-{name}"
+    plain_sha256 = hashlib.sha256()
     with open(plain, "wb") as fh:
         for _ in range(UPLOAD_MIB):
             block = os.urandom(1 << 20)
-            digest.update(block)
+            plain_sha256.update(block)
             fh.write(block)
-    upload = ega_env.inbox / ega_env.user / "large.bin.gpg"
+    upload = env.inbox / env.user / f"{name}.gpg"
     upload.parent.mkdir(parents=True, exist_ok=True)
     gpg(plain, upload, "--compress-algo", "none")
     plain.unlink()
-    md5 = hashlib.md5()
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
     with open(upload, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             md5.update(block)
+            sha256.update(block)
+    return upload, {"md5": md5.hexdigest(), "sha256": sha256.hexdigest(), "plain_sha256": plain_sha256.hexdigest()}
+
+
+@pytest.fixture
+def large_upload(ega_env: EgaEnv, gpg) -> tuple[dict, Path]:
+    upload, sums = make_large_upload(ega_env, gpg, "large.bin")
     msg = {"user": ega_env.user, "filepath": upload.name, "stable_id": new_stable_id(),
-           "encrypted_integrity": {"checksum": md5.hexdigest(), "algorithm": "md5"},
-           "unencrypted_integrity": {"checksum": digest.hexdigest(), "algorithm": "sha256"}}
+           "encrypted_integrity": {"checksum": sums["md5"], "algorithm": "md5"},
+           "unencrypted_integrity": {"checksum": sums["plain_sha256"], "algorithm": "sha256"}}
     return msg, upload
+
+
+def start_call(env: EgaEnv, message: dict, prefect_api: str, tmp_path: Path) -> subprocess.Popen:
+    """``python flows/run.py ega --message M.json`` as a user runs it (in its own process)."""
+    path = tmp_path / "message.json"
+    path.write_text(json.dumps(message))
+    return subprocess.Popen([sys.executable, str(ROOT / "flows" / "run.py"), "ega", "--message", str(path),
+                             "--config", env.name],
+                            env={**os.environ, "PREFECT_API_URL": prefect_api, "INGEST_RETRY_BASE_SECONDS": "0.1"},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_mid_pass(env: EgaEnv, call: subprocess.Popen, upload: Path) -> list[int]:
+    """Until the byte pass has written part of the staging file; its process ids."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and call.poll() is None:
+        children = byte_pass_pids(call.pid)
+        if children and any(p.stat().st_size > (8 << 20) for p in env.staging_files()):
+            assert sum(p.stat().st_size for p in env.staging_files()) < upload.stat().st_size // 2
+            return children
+        time.sleep(0.05)
+    pytest.fail(f"the pass never got under way: {call.poll()} {call.stderr.read() if call.poll() else ''}")
 
 
 def test_sigterm_mid_pass_stops_the_call_at_once_and_undoes_the_ingest(ega_env: EgaEnv, large_upload, prefect_api,
                                                                       pg_dsn: str, tmp_path: Path) -> None:
     msg, upload = large_upload
-    message = tmp_path / "message.json"
-    message.write_text(json.dumps(msg))
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "INGEST_RETRY_BASE_SECONDS": "0.1"}
-    call = subprocess.Popen([sys.executable, str(ROOT / "flows" / "run.py"), "ega", "--message", str(message),
-                             "--config", ega_env.name], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    call = start_call(ega_env, msg, prefect_api, tmp_path)
     try:
-        # Mid-pass: the byte pass has written part of the staging file.
-        deadline = time.monotonic() + 120
-        children: list[int] = []
-        while time.monotonic() < deadline and call.poll() is None:
-            children = byte_pass_pids(call.pid)
-            if children and any(p.stat().st_size > (8 << 20) for p in ega_env.staging_files()):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"the pass never got under way: {call.poll()} {call.stderr.read() if call.poll() else ''}")
-        assert sum(p.stat().st_size for p in ega_env.staging_files()) < upload.stat().st_size // 2
+        children = wait_mid_pass(ega_env, call, upload)
         stopped = time.monotonic()
         call.send_signal(signal.SIGTERM)
         assert all(not alive(pid) for pid in _wait_dead(children, 2.0)), "the byte pass ran on after the SIGTERM"
@@ -121,3 +135,37 @@ def _wait_dead(pids: list[int], within: float) -> list[int]:
     while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.02)
     return pids
+
+
+def test_sda_cancel_recorded_mid_pass_stops_the_pass(sda_env: EgaEnv, gpg, prefect_api, tmp_path: Path) -> None:
+    """SDA's cancel message, handled by another run while the pass runs, stops it within seconds."""
+    from datetime import UTC, datetime
+
+    from flows.ega import sda_steps
+    from flows.ega.config import load_config
+    from flows.ega.sda_messages import IngestionTrigger
+
+    upload, sums = make_large_upload(sda_env, gpg, "large.bam")
+    trigger = {"type": "ingest", "user": sda_env.user, "filepath": upload.name,
+               "encrypted_checksums": [{"type": "sha256", "value": sums["sha256"]}]}
+    call = start_call(sda_env, trigger, prefect_api, tmp_path)
+    try:
+        children = wait_mid_pass(sda_env, call, upload)
+        cfg = load_config(sda_env.name)
+        try:
+            sda_steps.cancel(cfg, IngestionTrigger.model_validate({**trigger, "type": "cancel"}), None,
+                             datetime.now(UTC))
+        finally:
+            cfg.close()
+        cancelled = time.monotonic()
+        assert all(not alive(pid) for pid in _wait_dead(children, 10.0)), "the pass ran on after the cancel"
+        out, err = call.communicate(timeout=60)
+        took = time.monotonic() - cancelled
+    finally:
+        if call.poll() is None:
+            call.kill()
+            call.wait()
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["state"] == "CANCELLED" and "during the decrypt pass" in summary.get("error", ""), (summary, err)
+    assert took < 15, f"the call took {took:.1f} s to stop"
+    assert sda_env.staging_files() == [] and sda_env.vault_files() == []
