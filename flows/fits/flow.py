@@ -61,7 +61,8 @@ TASKS = Steps(
 def ingest_one(cfg: FitsConfig, request: CubeRequest, run: Steps, flow_run_id: str | None = None) -> dict[str, Any]:
     """The order of the steps for one cube; raises on failure after recording it on the work order.
 
-    An unchanged cube takes two steps (start, finish-unchanged) plus SVO when asked.
+    An unchanged cube takes two steps (start, finish-unchanged) plus SVO when asked. The steps claim
+    the file and its OID (steps.hold); they are released when the cube is done, whatever the outcome.
     """
     timer = steps.Timer()
     order = examined = recorded = checksums = previews = None
@@ -86,6 +87,8 @@ def ingest_one(cfg: FitsConfig, request: CubeRequest, run: Steps, flow_run_id: s
             recorded=recorded, examined=examined, checksums=checksums, error=steps.describe_error(exc),
             timings=timer.timings)
         raise
+    finally:
+        steps.release_claims(cfg)
     return steps.result_summary(state="skipped" if examined.skip else "ingested", path=order.path, order_row=row,
                                 recorded=recorded, previews=previews, svo=svo, timings=timer.timings)
 

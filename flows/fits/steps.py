@@ -22,6 +22,7 @@ from flows.fits import records
 from flows.fits.names import accepted_names, decompress, is_fits_name, is_gzipped
 from flows.fits.records import CubeRows
 from tasks import registry as reg
+from tasks.claims import Claim, claim, release
 from tasks.errors import UserError, is_user_error
 from tasks.home import home_path
 from tasks.registry import Registry
@@ -56,6 +57,7 @@ class FitsConfig:
     transport: Any = None        # tasks.notify.TransportConfig
     status_exchange: str = STATUS_EXCHANGE
     block_name: str = "default"
+    claims: list[Claim] = field(default_factory=list)  # held on ``registry``'s connection (hold/release_claims)
 
     def close(self) -> None:
         self.registry.close()
@@ -215,6 +217,22 @@ class Order:
                 raise
             raise UserError(exc.message.replace(staged.name, self.absolute.name)) from exc
 
+    def drop_earlier_copies(self) -> list[str]:
+        """Remove decompressed copies of this order made by earlier attempts (call only while claimed:
+        a live earlier run of the same file would still be reading its copy)."""
+        staged = self.staged
+        if staged is None or not staged.parent.is_dir():
+            return []
+        removed = []
+        for copy in staged.parent.glob(f"order-{self.id}-*.fits"):
+            if copy != staged:
+                copy.unlink(missing_ok=True)
+                removed.append(str(copy))
+        if removed:
+            log.info("removed %d decompressed cop%s left by earlier attempts of %s", len(removed),
+                     "y" if len(removed) == 1 else "ies", self.path)
+        return removed
+
     def drop_staged(self) -> list[str]:
         """Remove this attempt's decompressed copy; returns what was removed (for the failure report)."""
         staged = self.staged
@@ -225,10 +243,41 @@ class Order:
 
 
 def open_order(cfg: FitsConfig, request: CubeRequest, flow_run_id: str | None = None) -> Order:
-    """Resolve the path and move its work order to Started (creating it when new)."""
+    """Resolve the path, claim the file, and move its work order to Started (creating it when new).
+
+    The claim comes first: a second run of the same file (two CLI calls, a single run beside a
+    directory ingest) waits here, then reads the order the first one left and finds the cube
+    unchanged. Holding it, this run removes the decompressed copies that dead attempts left.
+    """
     relative, absolute = resolve_path(cfg.science_root, request.relative_path)
+    hold(cfg, path_key(relative))
     row = records.start_order(cfg.registry, relative, request.options(), flow_run_id)
-    return Order(row["id"], relative, absolute, row["attempts"], row["oid"], row["completed_change_key"])
+    order = Order(row["id"], relative, absolute, row["attempts"], row["oid"], row["completed_change_key"])
+    order.drop_earlier_copies()
+    return order
+
+
+def path_key(relative: str) -> str:
+    """The claim on a file. An ingest's own key (and claim) is its OID, which only the headers give."""
+    return f"path:{relative}"
+
+
+def hold(cfg: FitsConfig, key: str) -> None:
+    """Take the claim (tasks/claims) on ``key`` for this cube; ``release_claims`` gives it back."""
+    cfg.claims.append(claim(cfg.registry, DOMAIN, key))
+
+
+def release_claims(cfg: FitsConfig) -> None:
+    """The cube is done (ingested, skipped or failed): let the next run of it in now. A batch's one
+    connection serves many cubes, and would otherwise hold every claim until the batch ends. One
+    release per claim taken (a retried step takes it again). Never raises: a lost connection has
+    already dropped its locks, and the cube's own outcome is what the caller must see."""
+    while cfg.claims:
+        held = cfg.claims.pop()
+        try:
+            release(cfg.registry, held)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("claim on %s not released (%s); it goes with the connection", held.natural_key, exc)
 
 
 def queue_request(cfg: FitsConfig, request: CubeRequest) -> dict[str, Any]:
@@ -296,6 +345,7 @@ def record_skip(cfg: FitsConfig, order: Order, examined: Examined, flow_run_id: 
     """The cube is unchanged: count the attempt and leave a 'skipped' ingestion event, nothing else."""
     cube = examined.cube
     assert cube is not None
+    hold(cfg, cube["oid"])  # whoever moves an ingest to in_ingestion holds its claim (reconcile asks it)
     ingest = cfg.registry.begin_ingest(DOMAIN, cube["oid"], flow_run_id=flow_run_id,
                                        details={"path": order.path, "work_order": order.id})
     cfg.registry.record_event(
@@ -367,6 +417,7 @@ def describe(cfg: FitsConfig, order: Order, request: CubeRequest, examined: Exam
     meta = extract_metadata(primary)
     extensions = order.read(read_extension_data)
     oid = observation_id(primary, filename=name, scan_numbers=extensions.scan_numbers, oid=request.oid)
+    hold(cfg, oid)  # two files with one OID at once: the second waits, then finds it taken
     check_oid_is_free(cfg, oid, order.path)
     obs = observation(primary, name)
     release = release_info(primary)
