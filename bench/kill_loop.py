@@ -171,6 +171,7 @@ class Domain:
     dangerous: str                                   # the quick test's one kill
     steps: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
+    resumed: dict[str, str] = field(default_factory=dict)  # step only a resumed run takes → a kill that leads there
 
 
 def _gpg_encrypt(plain: Path, out: Path, public_key: Path) -> None:
@@ -346,7 +347,7 @@ def check_nrao(home: Path, case: Case, new: list[str]) -> tuple[int, int, list[s
     if products != 1:
         left.append(f"{products} products recorded")
     for table in ("nrao_attempt_locators", "nrao_attempt_files", "nrao_attempt_stagings"):
-        n = sql(home, f"SELECT count(*) AS n FROM {table} WHERE product_group = %s", (group,))[0]["n"]  # noqa: S608
+        n = sql(home, f"SELECT count(*) AS n FROM {table} WHERE product_group = %s", (group,))[0]["n"]
         if n:
             left.append(f"{n} rows in {table}")
     left += _in_progress(home, "nrao", group)
@@ -377,6 +378,7 @@ class Result:
     leftovers: list[str]
     seconds: float
     detail: str = ""
+    cleaned: str = "-"  # files the kill left that recovery removed (count, size)
 
     @property
     def ok(self) -> bool:
@@ -391,7 +393,10 @@ def measure(home: Path, domain: Domain, case: Case, before: dict[str, Any], outb
     return f"{copies}/{expected}", answers, left
 
 
-def run_case(home: Path, domain: Domain, step: str, point: str, size: int, seq: int, delay: float = 0.0) -> Result:
+def run_case(home: Path, domain: Domain, step: str, point: str, size: int, seq: int, delay: float = 0.0,
+             then: str | None = None) -> Result:
+    """One kill and its recovery. ``then``: a step only a resumed run takes (EGA's verify-vault-copy), killed
+    at its start in the first re-run: two kills in a row, then the user's ladder."""
     case_id = f"{domain.name}-{seq:02d}-{point}-{step}"[:60]
     case = domain.build(home, case_id, size)
     before, outbox_before = snapshot(home), len(outbox(home))
@@ -404,10 +409,19 @@ def run_case(home: Path, domain: Domain, step: str, point: str, size: int, seq: 
         killed = run_cli(home, case.argv, kill_at=(step, delay), trace=trace)
         point = _where_it_landed(trace, step, point)
     reached = any(name == step for _, name, _ in traced(trace))
+    after_kill = snapshot(home)
+    left_by_kill = {p: after_kill[p][0] for p in new_files(before, after_kill)}
     if not reached or killed.code == 0:
         return Result(domain.name, step, point, "not killed", "-", 0, [],
                       time.monotonic() - began, f"step reached: {reached}, exit {killed.code}")
-    ladder = [("re-run", lambda: run_cli(home, case.argv)),
+    if then is not None:
+        second = run_cli(home, case.argv, extra_env={"INGEST_FAILPOINT": f"{then}:kill"}, trace=trace)
+        if second.code == 0 or then not in [name for _, name, _ in traced(trace)]:
+            return Result(domain.name, f"{step} then {then}", point, "not killed", "-", 0, [],
+                          time.monotonic() - began, f"second kill missed: exit {second.code}")
+        step, point = f"{then} (resumed after {step})", "start"
+    rerun_trace = home / "traces" / f"{case_id}.rerun.trace"
+    ladder = [("re-run", lambda: run_cli(home, case.argv, trace=rerun_trace)),
               ("reconcile", lambda: run_cli(home, ["reconcile", "--stuck-after-minutes", "0",
                                                    "--temporaries-after-minutes", "0"])),
               ("re-run", lambda: run_cli(home, case.argv))]
@@ -422,8 +436,15 @@ def run_case(home: Path, domain: Domain, step: str, point: str, size: int, seq: 
         result = Result(domain.name, step, point, " + ".join(done), copies, answers, left,
                         time.monotonic() - began, detail)
         if result.ok and call.code == 0:
-            return result
-    result.recovered_by = "not recovered"
+            break
+    else:
+        result.recovered_by = "not recovered"
+    remaining = snapshot(home)
+    gone = [p for p in left_by_kill if p not in remaining]
+    result.cleaned = f"{len(gone)} ({sum(left_by_kill[p] for p in gone) / 2**20:.1f} MiB)" if gone else "0"
+    for _, name, _ in traced(rerun_trace) if then is None else ():
+        if name not in domain.steps and name not in domain.resumed:
+            domain.resumed[name] = step  # a step only a resumed run takes, first seen after this kill
     return result
 
 
@@ -462,12 +483,13 @@ def plan(domain: Domain, quick: bool) -> list[tuple[str, str, float]]:
 
 
 def table(results: list[Result]) -> str:
-    head = ("domain", "step", "kill point", "recovered by", "copies", "answers", "leftovers", "s", "verdict")
-    rows = [(r.domain, r.step, r.point, r.recovered_by, r.copies, str(r.answers),
+    head = ("domain", "step", "kill point", "recovered by", "kill left, cleaned", "copies", "answers", "leftovers", "s",
+            "verdict")
+    rows = [(r.domain, r.step, r.point, r.recovered_by, r.cleaned, r.copies, str(r.answers),
              str(len(r.leftovers)) if r.leftovers else "0", f"{r.seconds:.1f}", "ok" if r.ok else "FAIL")
             for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
     out = [line(head), line(["-" * w for w in widths]), *map(line, rows)]
     ok = sum(r.ok for r in results)
     by = {}
@@ -479,6 +501,13 @@ def table(results: list[Result]) -> str:
         if not r.ok or r.detail:
             out.append(f"  {r.domain} {r.step} {r.point}: {r.detail} leftovers={r.leftovers[:6]}")
     return "\n".join(out)
+
+
+def _progress(result: Result) -> None:
+    print(f"{result.domain:5} {result.step:28} {result.point:18} {result.recovered_by:30} "
+          f"cleaned {result.cleaned:14} copies {result.copies:6} answers {result.answers} leftovers {len(result.leftovers)} "
+          f"{result.seconds:5.1f} s {'ok' if result.ok else 'FAIL ' + str(result.leftovers[:4])} "
+          f"{result.detail}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,20 +541,20 @@ def main(argv: list[str] | None = None) -> int:
         seq = 0
         for name in args.domains.split(","):
             domain = DOMAINS[name]
-            if args.quick and domain.dangerous in domain.heavy:
-                learn_steps(home, domain, big)
-            elif not args.quick:
-                learn_steps(home, domain, big)
+            if not args.quick or domain.dangerous in domain.heavy:
+                learn_steps(home, domain, big)  # the steps, and how long the heavy ones take
             for step, point, delay in plan(domain, args.quick):
                 if args.steps and step not in args.steps.split(","):
                     continue
                 seq += 1
                 result = run_case(home, domain, step, point, big if point == "middle" else small, seq, delay)
                 results.append(result)
-                print(f"{result.domain:5} {result.step:28} {result.point:18} {result.recovered_by:30} "
-                      f"copies {result.copies:6} answers {result.answers} leftovers {len(result.leftovers)} "
-                      f"{result.seconds:5.1f} s {'ok' if result.ok else 'FAIL ' + str(result.leftovers[:4])} "
-                      f"{result.detail}", flush=True)
+                _progress(result)
+            if not args.quick and not args.steps:
+                for then, first in list(domain.resumed.items()):
+                    seq += 1
+                    results.append(run_case(home, domain, first, "start", small, seq, then=then))
+                    _progress(results[-1])
         print()
         print(table(results))
         if args.json:
