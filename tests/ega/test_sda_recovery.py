@@ -78,8 +78,8 @@ def test_an_sda_run_past_the_limit_is_announced_as_info_error_and_a_legacy_run_a
                                                 parameters={"message": legacy_message, "correlation_id": "corr-l"},
                                                 state=Crashed(message="worker reported exit -9"))
             sda_ingest = registry.begin_ingest("ega", f"sda|{sda_message['filepath']}", flow_run_id=str(sda_run.id))
-            kw = dict(limit=1, registry=registry, client=client, transport=transport,
-                      internal_exchange=exchanges["lega"], sda_exchange=exchanges["sda"])
+            kw = {"limit": 1, "registry": registry, "client": client, "transport": transport,
+                  "internal_exchange": exchanges["lega"], "sda_exchange": exchanges["sda"]}
             out = recover(f"prefect.flow-run.{sda_run.id}", **kw)
             legacy = recover(str(legacy_run.id), **kw)
         assert out.action == "review" and out.ingest_id == sda_ingest.id

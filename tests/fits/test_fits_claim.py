@@ -39,7 +39,7 @@ class SlowVerify:
 
 @pytest.fixture
 def slow_verify(monkeypatch):
-    import flows.fits.header as header
+    from flows.fits import header
 
     slow = SlowVerify(header.verify_checksums)
     monkeypatch.setattr(header, "verify_checksums", slow)
