@@ -8,14 +8,19 @@ run's state history splits the wait:
 
   publish → Scheduled   the listener creates the run
   Scheduled → Pending   the worker's poll (PREFECT_WORKER_QUERY_SECONDS)
-  Pending → Running     the worker starts a process, which imports Prefect and the flow
+  Pending → Running     the worker starts the run's process (warm: a launcher that hands the run to
+                        a fork of the warm runner; cold: a process that imports Prefect and the flow)
   Running → answered    the flow itself, up to files.completed in CEGA's queue (its last step;
                         Prefect's Completed state follows a moment later)
 
-Side by side, in the same run: the tool pipeline for the same upload (bench_cli.EgaSide.tools).
+Workers, side by side on the same stack, one after the other, rounds interleaved (``--workers``):
+  warm      python flows/run.py worker          (the documented command: a warm runner beside it)
+  cold      python flows/run.py worker --cold   (the pool's launcher runs the engine in-process)
+  prefect   prefect worker start, the pool's command reset to Prefect's default (as before #15's fix)
+And the tool pipeline for the same upload (bench_cli.EgaSide.tools).
 Target (#15): the non-flow part ≤ 5 s on a quiet machine.
 
-    python bench/bench_worker.py --size 8 --repeat 5 [--poll-seconds 2]
+    python bench/bench_worker.py --size 8 --repeat 5 [--poll-seconds 2] [--workers warm,prefect]
 """
 from __future__ import annotations
 
@@ -90,12 +95,60 @@ def _history(api: str, stable_id: str, timeout: float = 120) -> dict[str, float]
             time.sleep(0.2)
 
 
+WORKERS = {  # how each kind of worker is started, and the pool command it runs with
+    "warm": ([sys.executable, "flows/run.py", "worker", "--pool", "ingest"], "launcher"),
+    "cold": ([sys.executable, "flows/run.py", "worker", "--pool", "ingest", "--cold"], "launcher"),
+    "prefect": ([sys.executable, "-m", "prefect", "worker", "start", "--pool", "ingest"], None),
+}
+
+
+def _set_pool_command(api: str, launcher: bool) -> None:
+    from deployments.ops import LAUNCHER, ensure_work_pool
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        ensure_work_pool("ingest", command=LAUNCHER if launcher else None)
+
+
+def _start_worker(kind: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start one kind of worker and wait until it polls (and, warm, its runner listens: its log says so),
+    so that no kind's figures include its own start."""
+    _set_pool_command(env["PREFECT_API_URL"], WORKERS[kind][1] is not None)
+    proc = subprocess.Popen(WORKERS[kind][0], cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    marks = ("started!", "warm runner pid") if kind == "warm" else ("started!",)
+    while not all(mark in log.read_text() for mark in marks):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"the warm runner did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=8, help="upload size in MiB (default 8)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="PREFECT_WORKER_QUERY_SECONDS (docs: 2)")
+    parser.add_argument("--workers", default="warm,prefect",
+                        help="comma-separated, from warm, cold, prefect (default warm,prefect)")
     args = parser.parse_args()
+    kinds = [k for k in args.workers.split(",") if k]
+    unknown = set(kinds) - set(WORKERS)
+    if unknown:
+        parser.error(f"unknown workers {sorted(unknown)}; choose from {', '.join(WORKERS)}")
 
     from bench.bench_cli import EgaSide
     from deployments.localserver import server_env, start_server
@@ -113,40 +166,46 @@ def main() -> None:
         _run(env, sys.executable, "flows/run.py", "init", "--registry-dsn", registry, "--amqp-url", AMQP)
         _run(env, sys.executable, "flows/run.py", "broker", "setup", "--local-cega")
         _run(env, sys.executable, "flows/run.py", "deploy")
-        for name, argv in (("worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", "ingest"]),
-                           ("listener", [sys.executable, "flows/run.py", "listen", "--queue", "files",
-                                         "--deployment", "ingest-ega-file/ega"])):
-            procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(work / f"{name}.log", "w"),
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(subprocess.Popen([sys.executable, "flows/run.py", "listen", "--queue", "files", "--deployment",
+                                       "ingest-ega-file/ega"], cwd=ROOT, env=env, stdout=open(work / "listener.log", "w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True))
         side = EgaSide(env, work / "ingest", work)
         import pika
 
-        rows = []
-        for i in range(args.repeat + 1):  # the first round warms the worker's machine (page cache, pyc)
-            _, message = side.upload(args.size)
-            tools = side.tools(message)
-            conn = pika.BlockingConnection(pika.URLParameters(AMQP))
-            t0 = time.time()
-            conn.channel().basic_publish("", "files", json.dumps(message).encode(),
-                                         pika.BasicProperties(delivery_mode=2))
-            conn.close()
-            answered = _wait_reply(message["stable_id"])
-            h = _history(env["PREFECT_API_URL"], message["stable_id"])
-            # CEGA hears files.completed as the flow's last step, just before Prefect's Completed state
-            row = {"create": h["SCHEDULED"] - t0, "poll": h["PENDING"] - h["SCHEDULED"],
-                   "start+imports": h["RUNNING"] - h["PENDING"], "flow": answered - h["RUNNING"],
-                   "answered": answered - t0, "completed": h["COMPLETED"] - t0, "tools": tools}
-            row["non-flow"] = h["RUNNING"] - t0
-            if i:
-                rows.append(row)
-            print(json.dumps({"round": i, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
-        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-        print(f"\nEGA {args.size} MiB through a deployment, median of {len(rows)} "
-              f"(worker poll {args.poll_seconds:g} s):")
+        rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+        for i in range(args.repeat + 1):  # the first round warms the machine (page cache, pyc)
+            for kind in kinds:  # one worker at a time, interleaved, so a load change hits all alike
+                worker = _start_worker(kind, env, work / f"worker-{kind}-{i}.log")
+                try:
+                    _, message = side.upload(args.size)
+                    tools = side.tools(message)
+                    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+                    t0 = time.time()
+                    conn.channel().basic_publish("", "files", json.dumps(message).encode(),
+                                                 pika.BasicProperties(delivery_mode=2))
+                    conn.close()
+                    answered = _wait_reply(message["stable_id"])
+                    h = _history(env["PREFECT_API_URL"], message["stable_id"])
+                finally:
+                    _stop(worker)
+                # CEGA hears files.completed as the flow's last step, just before Prefect's Completed state
+                row = {"create": h["SCHEDULED"] - t0, "poll": h["PENDING"] - h["SCHEDULED"],
+                       "start+imports": h["RUNNING"] - h["PENDING"], "flow": answered - h["RUNNING"],
+                       "answered": answered - t0, "completed": h["COMPLETED"] - t0, "tools": tools}
+                row["non-flow"] = h["RUNNING"] - t0
+                if i:
+                    rows[kind].append(row)
+                print(json.dumps({"round": i, "worker": kind, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
+        med = {kind: {k: statistics.median(r[k] for r in rows[kind]) for k in rows[kind][0]} for kind in kinds}
+        print(f"\nEGA {args.size} MiB through a deployment, median of {args.repeat} "
+              f"(worker poll {args.poll_seconds:g} s), seconds:")
+        print(f"  {'':<14}" + "".join(f"{kind:>10}" for kind in kinds))
         for key in ("create", "poll", "start+imports", "flow", "answered", "completed", "non-flow", "tools"):
-            print(f"  {key:<14} {med[key]:7.2f} s")
-        print(f"  non-flow (publish → flow running) target ≤ 5 s: {'met' if med['non-flow'] <= 5 else 'NOT met'}; "
-              f"answered / tools = {med['answered'] / med['tools']:.2f}")
+            print(f"  {key:<14}" + "".join(f"{med[kind][key]:10.2f}" for kind in kinds))
+        for kind in kinds:
+            print(f"  {kind}: non-flow (publish → flow running) target ≤ 5 s: "
+                  f"{'met' if med[kind]['non-flow'] <= 5 else 'NOT met'}; "
+                  f"answered / tools = {med[kind]['answered'] / med[kind]['tools']:.2f}")
     finally:
         for proc in reversed(procs):
             proc.terminate()

@@ -35,6 +35,18 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from deployments.worker import run_worker
+    from tasks.home import ingest_home
+
+    worker_args = ["--pool", args.pool]
+    if args.limit is not None:
+        worker_args += ["--limit", str(args.limit)]
+    if args.name:
+        worker_args += ["--name", args.name]
+    return run_worker(ingest_home(), worker_args, warm=not args.cold)
+
+
 def _schedule(args: argparse.Namespace) -> int:
     from deployments.ops import set_schedule
 
@@ -80,6 +92,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="re-runs of a crashed ingest before it is marked for review (Prefect variable "
                         "ingest_max_attempts; default 3)")
     d.set_defaults(handler=_deploy)
+    w = sub.add_parser("worker", help="a Prefect process worker with a warm runner: runs start in a fork, not a "
+                                      "new Python process",
+                       description="Runs `prefect worker start --pool POOL` and, beside it, a warm runner that has "
+                                   "imported Prefect and the flows once; the pool's flow-run command (set by deploy) "
+                                   "hands each run to it. Without a runner (--cold, or while it restarts after a code "
+                                   "change) runs start in their own process. SIGTERM/SIGINT stop both.")
+    w.add_argument("--pool", default="ingest", help="work pool to poll (default ingest)")
+    w.add_argument("--limit", type=int, help="most flow runs at once on this worker")
+    w.add_argument("--name", help="worker name (default: Prefect's)")
+    w.add_argument("--cold", action="store_true", help="no warm runner: every run in a process of its own")
+    w.set_defaults(handler=_worker, warm_ok=False)  # a daemon: its own process, signals and all
     s = sub.add_parser("schedule", help="change a scheduled deployment's cron (kept across redeploys)")
     s.add_argument("deployment", choices=["apt-scan", "svo-sync", "ega-inbox", "fits-work-orders", "reconcile"])
     s.add_argument("--cron", required=True, help='e.g. "*/5 * * * *"')

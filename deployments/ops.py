@@ -15,6 +15,10 @@ Self-healing needs three things set in three places, and ``deploy()`` sets all o
   (``ZOMBIE_AUTOMATION``) expects the next heartbeat within a window and marks the run Crashed;
 * **re-running crashed runs**: the ``recover`` deployment's trigger in prefect.yaml, with the
   attempt limit in the Prefect variable ``ingest_max_attempts`` (flows/reconcile/recovery.py).
+
+The pool's flow-run command is ``LAUNCHER`` (deployments/warm_engine.py): under ``python flows/run.py
+worker`` it hands each run to a warm runner (a fork, no new interpreter, no imports); anywhere else
+it runs ``prefect.engine`` in its own process, as Prefect's default command does.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ SCHEDULED = {  # deployment name -> flow name, for the ones prefect.yaml schedul
 }
 DEFAULT_HEARTBEAT_SECONDS = 60  # Prefect's floor is 30; its default, 180, leaves a dead worker's run Running 9+ min
 ZOMBIE_AUTOMATION = "ingest: crash runs whose heartbeats stopped"
+LAUNCHER = "python3 -m deployments.warm_engine"
 
 
 def variable_name(deployment: str) -> str:
@@ -44,8 +49,10 @@ def variable_name(deployment: str) -> str:
 
 
 def ensure_work_pool(name: str = "ingest", pool_type: str = "process",
-                     heartbeat_seconds: int | None = DEFAULT_HEARTBEAT_SECONDS) -> str:
-    """The pool, with heartbeats on in its job template's environment (kept across redeploys)."""
+                     heartbeat_seconds: int | None = DEFAULT_HEARTBEAT_SECONDS,
+                     command: str | None = LAUNCHER) -> str:
+    """The pool, with heartbeats on in its job template's environment and the warm launcher as its
+    flow-run command (both kept across redeploys; ``command=None`` restores Prefect's default)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
@@ -64,9 +71,12 @@ def ensure_work_pool(name: str = "ingest", pool_type: str = "process",
             defaults = dict(env.get("default") or {})
             defaults["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(int(heartbeat_seconds))
             env["default"] = defaults
+        if pool_type == "process":
+            template.setdefault("variables", {}).setdefault("properties", {}).setdefault(
+                "command", {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Command"})["default"] = command
         if pool is None:
             client.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=template))
-        elif heartbeat_seconds is not None:
+        else:
             client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
         return outcome
 

@@ -25,17 +25,27 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from deployments.warm_wire import (
+    FORWARDED,
+    LEN,
+    ROOT,
+    SOURCE_DIRS,
+    end_line,
+    fingerprint,
+    forward_signals,
+    read_line,
+    send_request,
+)
 from tasks.processes import pid_alive
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCE_DIRS = ("flows", "tasks", "blocks", "deployments")
+__all__ = ["fingerprint", "SOURCE_DIRS", "run_in_runner", "serve", "Supervisor"]
 # Besides every module of our own packages: what Prefect imports on a flow's first run, and what our
 # steps import inside functions (so that a CLI call that needs them finds them loaded).
 PRELOAD = ("prefect", "prefect.flows", "prefect.tasks", "prefect.flow_engine", "prefect.task_engine",
@@ -47,10 +57,12 @@ PRELOAD = ("prefect", "prefect.flows", "prefect.tasks", "prefect.flow_engine", "
            "botocore.client", "pgpy", "pgserver", "cryptography.hazmat.primitives.ciphers.aead",
            "cryptography.hazmat.decrepit.ciphers.modes", "crypt4gh", "jsonschema", "crc32c",
            "psutil", "bagit", "PIL.Image", "matplotlib", "matplotlib.cm", "prefect_aws",
-           "fastapi", "fastapi.encoders", "crypt4gh.keys", "prefect.utilities.visualization")
-SKIP_PRELOAD = ("deployments.warm",)
+           "fastapi", "fastapi.encoders", "crypt4gh.keys", "prefect.utilities.visualization",
+           # what a deployed run's engine (a worker's launcher, deployments/warm_engine.py) imports
+           "prefect.engine", "prefect._internal.control_listener", "prefect._internal.metrics",
+           "prefect.filesystems", "prefect.deployments.steps.core", "prefect.utilities.importtools")
+SKIP_PRELOAD = ("deployments.warm", "deployments.warm_engine", "deployments.worker")
 DISABLE_ENV = "INGEST_WARM_RUNNER"  # "0" runs every call in its own process, as before
-_LEN = struct.Struct("!I")
 GRACE_SECONDS = 3.0
 LOG_LIMIT = 8 << 20
 
@@ -61,29 +73,6 @@ def sock_path(home: Path) -> Path:
 
 def lock_path(home: Path) -> Path:
     return home / "prefect" / "runner.lock"
-
-
-def fingerprint(root: Path = ROOT) -> str:
-    """What the runner's imports depend on: interpreter, project source, installed packages."""
-    import sysconfig
-
-    newest = 0.0
-    for name in SOURCE_DIRS:
-        if not (root / name).is_dir():
-            continue
-        stack = [root / name]
-        while stack:
-            for entry in os.scandir(stack.pop()):
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name != "__pycache__":
-                        stack.append(Path(entry.path))
-                elif entry.name.endswith((".py", ".json", ".sql")):
-                    newest = max(newest, entry.stat().st_mtime)
-    try:
-        packages = os.stat(sysconfig.get_paths()["purelib"]).st_mtime
-    except OSError:
-        packages = 0.0
-    return json.dumps([sys.executable, str(root), newest, packages])
 
 
 # ---------------------------------------------------------------- the caller
@@ -102,54 +91,24 @@ def run_in_runner(home: Path, argv: list[str]) -> int | None:
     except OSError:
         return None
     with conn:
-        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-                              "fingerprint": fingerprint()}).encode()
-        fds = array.array("i", [0, 1, 2])
         try:
-            conn.sendmsg([_LEN.pack(len(request)), request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-            reply = _read_line(conn)
+            send_request(conn, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+                                "fingerprint": fingerprint()})
+            reply = read_line(conn)
         except OSError:
             return None
-        if reply != "started":
+        if not reply.startswith("started"):
             return None  # stale, or refused: the caller runs the command itself
-        forwarded = _forward_signals(conn)
-        tail = _read_line(conn)
+        forwarded = forward_signals(conn)
+        tail = read_line(conn)
     if tail.startswith("exit "):
         return int(tail.split()[1])
+    if tail.startswith("killed "):
+        return 128 + int(tail.split()[1])
     if forwarded:  # the signal we passed on ended the call before it could answer
         return 128 + forwarded[-1]
     print("archive-ingest: the warm runner's process for this call died without an exit status", file=sys.stderr)
     return 2
-
-
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def _forward_signals(conn: socket.socket) -> list[int]:
-    """SIGTERM, SIGINT and SIGHUP sent to the caller (a service manager, Ctrl-C) reach the call's fork,
-    whose own handlers then run, as they would in-process."""
-    received: list[int] = []
-
-    def forward(signum: int, _frame: Any) -> None:
-        received.append(signum)
-        try:
-            conn.sendall(f"signal {signum}\n".encode())
-        except OSError:
-            pass
-
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
-    return received
-
-
-def _read_line(conn: socket.socket) -> str:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(64)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode().strip()
 
 
 class Supervisor:
@@ -199,38 +158,51 @@ def _api_alive(home: Path) -> bool:
 
 _HOME: list[Path] = []
 _LOCK: list[Any] = []  # the runner's lock file: a fork must close its copy, or the lock outlives the runner
+_LOG_FD: list[int] = []  # the runner's own output (its log), kept by forks, whose fds 0-2 are their caller's
+_WAKE: list[int] = []  # the SIGCHLD wake-up pipe: a fork's end wakes the runner's poll at once
 # Fork-unsafe: a library whose runtime keeps native threads (Go's, in pygfried) hangs in a fork. Such
 # modules are never preloaded; a call imports them itself. Others found by _preload are added at run time.
 FORK_UNSAFE = {"pygfried"}
 
 
-def serve(home: Path) -> int:
+def serve(home: Path, socket_file: Path | None = None, parent: int | None = None) -> int:
+    """Serve calls until the home's local API is gone, or, for a worker's runner (``socket_file`` and
+    ``parent`` given, see deployments/worker.py), until that parent process is gone."""
     _HOME.append(home)
-    lock = open(lock_path(home), "a")
+    path = socket_file or sock_path(home)
+    lock = open(path.with_suffix(".lock") if socket_file else lock_path(home), "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print("another runner holds runner.lock: exiting", flush=True)
+        print("another runner holds this socket's lock: exiting", flush=True)
         return 0
     _LOCK.append(lock)
+    _LOG_FD.append(os.dup(1))
     started = time.monotonic()
     if not _preload():
         return 3  # a module turned out fork-unsafe (now listed): the supervisor starts a runner without it
     _prepare_prefect()
     mine = fingerprint()
-    path = sock_path(home)
+    alive: Callable[[], bool] = (lambda: os.getppid() == parent) if parent else (lambda: _api_alive(home))
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
+    os.chmod(path, 0o600)  # a caller hands over its environment and fds: its own user only
     listener.listen(64)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    _WAKE.extend((wake_r, wake_w))
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # we reap forks ourselves, to tell callers how they ended
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leave through the finally: no stale socket
+    if parent:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the worker command, which stops us
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} warm runner pid {os.getpid()} ready in "
           f"{time.monotonic() - started:.1f} s at {path}", flush=True)
-    calls = Calls()
+    calls = Calls(wake_r)
     try:
-        while _api_alive(home):
+        while alive():
             ready = calls.wait(listener, 1.0)
+            calls.reap()
             calls.end_abandoned()
             if not ready:
                 if not calls.active() and not _learn(home):
@@ -254,28 +226,32 @@ def serve(home: Path) -> int:
 
 
 class Calls:
-    """The runner's side of each running call: its connection and its fork's pid.
+    """The runner's side of each running call: its connection, its fork's pid and the call's kind.
 
-    A fork watches its caller itself, but a library call that never releases the GIL would keep that
-    watcher from running; the runner, single-threaded and outside the call, ends a fork whose caller
-    has gone and that is still there after the grace period.
+    The runner reaps its forks and tells a caller whose fork died by a signal (``killed <n>``), so a
+    worker sees a SIGKILLed run as it would a SIGKILLed process. A fork watches its caller itself, but
+    a library call that never releases the GIL would keep that watcher from running; the runner,
+    single-threaded and outside the call, ends a fork whose caller has gone: a CLI call after the
+    grace period (Ctrl-C cleanup), a deployed run at once (its launcher was killed; so is the run).
     """
 
-    def __init__(self) -> None:
-        self.conns: dict[int, tuple[socket.socket, int, float | None]] = {}
+    def __init__(self, wake_fd: int) -> None:
+        self.conns: dict[int, tuple[socket.socket, int, float | None, str]] = {}
         self.poll = select.poll()
         self.listening = False
+        self.wake_fd = wake_fd
+        self.poll.register(wake_fd, select.POLLIN)
 
-    def add(self, conn: socket.socket, pid: int) -> None:
+    def add(self, conn: socket.socket, pid: int, kind: str) -> None:
         # Only a hang-up wakes us: data on the connection (signals the caller passes on) is the fork's.
         self.poll.register(conn.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
-        self.conns[conn.fileno()] = (conn, pid, None)
+        self.conns[conn.fileno()] = (conn, pid, None, kind)
 
     def active(self) -> bool:
         return bool(self.conns)
 
     def wait(self, listener: socket.socket, timeout: float) -> bool:
-        """Wait for a new caller (True) or a hang-up; a hang-up starts that call's grace period."""
+        """Wait for a new caller (True), a fork's end or a hang-up; a hang-up starts that call's grace."""
         if not self.listening:
             self.poll.register(listener.fileno(), select.POLLIN)
             self.listening = True
@@ -283,32 +259,60 @@ class Calls:
         for fd, _ in self.poll.poll(timeout * 1000):
             if fd == listener.fileno():
                 new_caller = True
+            elif fd == self.wake_fd:
+                try:
+                    while os.read(fd, 512):
+                        pass
+                except BlockingIOError:
+                    pass
             elif fd in self.conns:
-                conn, pid, _ = self.conns[fd]
+                conn, pid, _, kind = self.conns[fd]
                 self.poll.unregister(fd)
-                self.conns[fd] = (conn, pid, time.monotonic())
+                self.conns[fd] = (conn, pid, time.monotonic(), kind)
         return new_caller
 
-    def end_abandoned(self) -> None:
-        """Kill forks whose callers left more than the grace period ago; let go of finished forks'
-        connections (a fork that died without answering leaves its caller waiting for this close)."""
-        now = time.monotonic()
-        for fd, (conn, pid, gone) in list(self.conns.items()):
-            if gone is None:
-                if not pid_alive(pid):
-                    self.poll.unregister(fd)
-                    conn.close()
-                    del self.conns[fd]
-                continue
-            if pid_alive(pid) and now - gone > GRACE_SECONDS + 1:
-                print(f"call pid {pid}: its caller went away {now - gone:.0f} s ago; ending it", flush=True)
+    def reap(self) -> None:
+        """Collect ended forks; tell each one's caller how it ended (a fork that exited has already said
+        so, and a caller reads only the first end line), and let go of its connection."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for fd, (conn, fork, gone, _) in list(self.conns.items()):
+                if fork != pid:
+                    continue
+                if os.WIFSIGNALED(status):
+                    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {pid}: killed by signal "
+                          f"{os.WTERMSIG(status)}", flush=True)
                 try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
+                    conn.sendall(end_line(status).encode())
+                except OSError:
                     pass
-            if not pid_alive(pid):
+                if gone is None:
+                    self.poll.unregister(fd)
                 conn.close()
                 del self.conns[fd]
+
+    def end_abandoned(self) -> None:
+        """Kill forks whose callers left: a deployed run's at once, a CLI call's after the grace period."""
+        now = time.monotonic()
+        for fd, (conn, pid, gone, kind) in list(self.conns.items()):
+            if gone is None or not pid_alive(pid):
+                continue
+            if kind == "engine" or now - gone > GRACE_SECONDS + 1:
+                print(f"call pid {pid}: its caller went away {now - gone:.0f} s ago; ending it", flush=True)
+                _kill_group(pid)
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a fork and what it started (a deployed run's fork leads its own process group)."""
+    try:
+        os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def our_modules() -> list[str]:
@@ -419,18 +423,20 @@ def _prepare_prefect() -> None:
         profile=ctx.profile, settings=ctx.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket, mine: str) -> str | tuple[socket.socket, int] | None:
-    """Fork a child for one call: (the connection, kept to watch the caller, and the fork's pid); "stale"
+def _serve_one(conn: socket.socket, listener: socket.socket,
+               mine: str) -> str | tuple[socket.socket, int, str] | None:
+    """Fork a child for one call: (the connection, kept to watch the caller, the fork's pid, the call's
+    kind: "cli" or "engine"); "stale"
     when the caller's code differs from ours (we should exit); None when the request failed."""
     fds: list[int] = []
     keep = False
     try:
         conn.settimeout(10)
-        msg, ancdata, _, _ = conn.recvmsg(_LEN.size, socket.CMSG_SPACE(3 * array.array("i").itemsize))
+        msg, ancdata, _, _ = conn.recvmsg(LEN.size, socket.CMSG_SPACE(3 * array.array("i").itemsize))
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
-        (size,) = _LEN.unpack(msg)
+        (size,) = LEN.unpack(msg)
         body = b""
         while len(body) < size:
             chunk = conn.recv(size - len(body))
@@ -448,12 +454,19 @@ def _serve_one(conn: socket.socket, listener: socket.socket, mine: str) -> str |
                 listener.close()
                 for held in _LOCK:
                     held.close()
-                _become_the_call(conn, fds, request)
+                _leave_the_runner()
+                if request.get("kind") == "engine":
+                    _become_the_engine(conn, fds, request)
+                else:
+                    _become_the_call(conn, fds, request)
             finally:
                 os._exit(70)
-        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {pid}: {' '.join(request['argv'][:3])}", flush=True)
+        kind = "engine" if request.get("kind") == "engine" else "cli"
+        what = (f"flow run {request['env'].get('PREFECT__FLOW_RUN_ID')}" if kind == "engine"
+                else " ".join(request["argv"][:3]))
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {pid}: {what}", flush=True)
         keep = True
-        return conn, pid  # the child answers the caller
+        return conn, pid, kind  # the child answers the caller
     except (OSError, ValueError) as exc:
         print(f"a caller's request failed: {exc}", flush=True)
         return None
@@ -467,22 +480,37 @@ def _serve_one(conn: socket.socket, listener: socket.socket, mine: str) -> str |
             conn.close()
 
 
+def _leave_the_runner() -> None:
+    """In a new fork: drop the runner's SIGCHLD wake-up (the call's own subprocesses are its business)."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess.run in the call must be able to wait
+    for fd in _WAKE:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _take_over(fds: list[int], request: dict[str, Any]) -> None:
+    """Become the caller: its stdin/stdout/stderr, working directory and environment."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.stdout.reconfigure(line_buffering=os.isatty(1))
+    sys.stderr.reconfigure(line_buffering=True)
+
+
 def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
     code = 2
     began = time.monotonic()
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess.run in the call must be able to wait
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
+        _take_over(fds, request)
         sys.argv = [str(ROOT / "flows" / "run.py"), *request["argv"]]
-        sys.stdout.reconfigure(line_buffering=os.isatty(1))
-        sys.stderr.reconfigure(line_buffering=True)
         _refresh_prefect()
         conn.sendall(b"started\n")
         _watch_caller(conn)
@@ -528,6 +556,100 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
         os._exit(code)
 
 
+ENGINE_GO_SECONDS = 30.0
+
+
+def _become_the_engine(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+    """A deployed flow run, for a worker's launcher (deployments/warm_engine.py): ``python -m
+    prefect.engine`` with the launcher's environment, cwd and fds. The fork leads a process group of
+    its own (what it starts dies with it) and dies at once when its launcher does."""
+    code = 1
+    died_by = 0
+    began = time.monotonic()
+    try:
+        os.setpgid(0, 0)
+        _take_over(fds, request)
+        _set_title(f"prefect flow run {request['env'].get('PREFECT__FLOW_RUN_ID', '?')} (warm fork of "
+                   f"{os.getppid()})")
+        conn.sendall(f"started {os.getpid()}\n".encode())
+        conn.settimeout(ENGINE_GO_SECONDS)
+        if read_line(conn) != "go":
+            os._exit(0)  # the launcher gave up waiting and runs the flow itself: nothing ran here
+        conn.settimeout(None)
+        import runpy
+
+        import prefect.context
+        import prefect.engine
+        from prefect.logging.configuration import setup_logging
+
+        sys.argv = [prefect.engine.__file__]
+        sys.modules.pop("prefect.engine", None)  # run a fresh __main__ copy, as Prefect's own bootstrap does
+        sys.path[0] = request["cwd"]  # as ``python -m`` in the launcher's cwd
+        # never the runner's prepared CLI settings: the pool's env turns heartbeats on, for one
+        prefect.context.refresh_global_settings_context()
+        setup_logging(incremental=False)
+        _watch_caller(conn, grace=0.0)
+        _watch_private_memory()
+        loaded = set(sys.modules)
+        try:
+            runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except KeyboardInterrupt:
+            died_by = signal.SIGINT  # as Python ends on an uncaught KeyboardInterrupt
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        try:
+            _report_new_imports(_HOME[0], loaded)
+        except OSError:
+            pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()  # Prefect's log and event drains, as at a normal exit
+        except BaseException:
+            pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        _log_exit(code if not died_by else -died_by, time.monotonic() - began)
+        if died_by:
+            signal.signal(died_by, signal.SIG_DFL)
+            os.kill(os.getpid(), died_by)  # the runner reaps us and tells the launcher "killed <n>"
+        try:
+            conn.sendall(f"exit {code}\n".encode())
+        except OSError:
+            pass
+        os._exit(code)
+
+
+def _set_title(title: str) -> None:
+    """What ``ps`` shows for this fork (else the runner's command line): the flow run it is. Overwrites
+    the process's original argv area in place, as setproctitle does on Linux; best effort."""
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat fields 48, 49)
+        size = end - start
+        if size > 1:
+            import ctypes
+
+            data = title.encode()[: size - 1]
+            ctypes.memmove(start, data + b"\0" * (size - len(data)), size)
+        with open("/proc/self/comm", "w") as fh:
+            fh.write("warm-flow-run")
+    except (OSError, ValueError, IndexError):
+        pass
+
+
 def _peak_rss_mib() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -565,13 +687,13 @@ def _watch_private_memory(interval: float = 0.2) -> None:
 
 
 def _log_exit(code: int, seconds: float) -> None:
-    """One line per call in runner.log: how it ended, how long it took, its peak memory (the runner's
+    """One line per call in the runner's log (runner.log; a worker's runner: the worker's output): how it ended, how long it took, its peak memory (the runner's
     own imports, shared with it, included) and the peak of its private memory (sampled every 0.2 s)."""
     try:
         private = max(_PRIVATE_PEAK[0], _private_mib())
-        with open(_HOME[0] / "prefect" / "runner.log", "a") as log:
-            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {os.getpid()} exit {code} after "
-                      f"{seconds:.3f} s, peak RSS {_peak_rss_mib():.1f} MiB, peak private {private:.1f} MiB\n")
+        os.write(_LOG_FD[0], (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {os.getpid()} exit {code} "
+                              f"after {seconds:.3f} s, peak RSS {_peak_rss_mib():.1f} MiB, peak private "
+                              f"{private:.1f} MiB\n").encode())
     except (OSError, IndexError):
         pass
 
@@ -589,8 +711,9 @@ def _refresh_prefect() -> None:
     setup_logging(incremental=False)
 
 
-def _watch_caller(conn: socket.socket) -> None:
-    """If the caller goes away (killed, Ctrl-C), interrupt this call, then end it after a short grace."""
+def _watch_caller(conn: socket.socket, grace: float = GRACE_SECONDS) -> None:
+    """If the caller goes away (killed, Ctrl-C), interrupt this call, then end it after a short grace
+    (none for a deployed run: its launcher was killed, so is the run, and what it started)."""
     import _thread
     import threading
 
@@ -605,8 +728,10 @@ def _watch_caller(conn: socket.socket) -> None:
                         os.kill(os.getpid(), int(line.split()[1]))
         except (OSError, ValueError):
             pass
+        if grace <= 0:
+            os.killpg(0, signal.SIGKILL)
         _thread.interrupt_main()
-        time.sleep(GRACE_SECONDS)
+        time.sleep(grace)
         os._exit(137)
 
     threading.Thread(target=watch, name="caller-watch", daemon=True).start()
@@ -617,9 +742,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m deployments.warm")
     parser.add_argument("--home", required=True)
+    parser.add_argument("--socket", help="a worker's runner: listen here (deployments/worker.py)")
+    parser.add_argument("--parent", type=int, help="a worker's runner: exit when this process is gone")
     args = parser.parse_args(argv)
     os.environ["INGEST_HOME"] = args.home
-    return serve(Path(args.home))
+    return serve(Path(args.home), Path(args.socket) if args.socket else None, args.parent)
 
 
 if __name__ == "__main__":

@@ -107,8 +107,7 @@ def day_one(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str):
             _drain(queue)
         logs = base / "logs"
         logs.mkdir()
-        for name, argv in (("worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", "ingest",
-                                       "--limit", "4"]),  # §5 (no AWS environment: the block has the keys)
+        for name, argv in (("worker", [sys.executable, "flows/run.py", "worker", "--pool", "ingest", "--limit", "4"]),  # §5 (no AWS environment: the block has the keys)
                            ("listener", [sys.executable, "flows/run.py", "listen", "--queue", "files",
                                          "--deployment", "ingest-ega-file/ega"])):  # §6
             procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(logs / f"{name}.log", "w"),

@@ -112,8 +112,7 @@ def test_queue_messages_become_completed_runs_without_duplicates(stack: Stack, q
         messages.append({"user": "ops-user", "filepath": f"f{i}.txt.gpg", "stable_id": f"{prefix}{i:04d}",
                          "encrypted_integrity": {"checksum": hashlib.md5(enc).hexdigest(), "algorithm": "md5"}})
     messages.append({"user": "ops-user"})  # invalid: answered with files.error, never a run
-    worker = stack.start("worker", sys.executable, "-m", "prefect", "worker", "start", "--pool", "ingest",
-                         "--limit", "4")
+    worker = stack.start("worker", sys.executable, "flows/run.py", "worker", "--pool", "ingest", "--limit", "4")
     listener = _listener(stack, files_q)
     try:
         _publish(messages + messages[:10], files_q)  # ten are delivered twice

@@ -54,8 +54,7 @@ def ops(stack: Stack):
         ch.queue_declare(q, durable=True)
     ch.queue_bind(capture_q, "cega", "#")
     conn.close()
-    worker = stack.start("worker-heal", sys.executable, "-m", "prefect", "worker", "start", "--pool", "ingest",
-                         "--limit", "4")
+    worker = stack.start("worker-heal", sys.executable, "flows/run.py", "worker", "--pool", "ingest", "--limit", "4")
     listener = stack.start("listener-heal", sys.executable, "flows/run.py", "listen", "--queue", files_q,
                            "--adapter", "ega", "--deployment", "ingest-ega-file/ega", "--amqp-url", AMQP_URL)
     try:
@@ -127,13 +126,19 @@ def _logged(log: str, *parts: str) -> bool:
 
 
 def _flow_run_process(worker, flow_run_id: str) -> psutil.Process | None:
+    """The process running a flow run below a worker (``python flows/run.py worker`` or ``prefect worker
+    start``): a fork of the warm runner, whose command line names the run (deployments/warm.py), or a
+    run started cold, with the run id in its environment (the launcher running it in-process)."""
+    cold = None
     for child in psutil.Process(worker.pid).children(recursive=True):
         try:
-            if child.environ().get("PREFECT__FLOW_RUN_ID") == flow_run_id:
+            if f"prefect flow run {flow_run_id} " in " ".join(child.cmdline()) + " ":
                 return child
+            if cold is None and child.environ().get("PREFECT__FLOW_RUN_ID") == flow_run_id:
+                cold = child
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return None
+    return cold
 
 
 def test_sigkilled_ega_run_completes_unattended(ops: Ops) -> None:
@@ -290,8 +295,7 @@ def test_a_dead_worker_is_noticed_by_heartbeat_and_its_run_completes(ops: Ops) -
     a session of its own: a dead worker alone leaves it running to the end). Nobody reports the run, which
     stays Running until the zombie automation sees its heartbeats stop; then it is Crashed, re-run, done."""
     stack = ops.stack
-    spare = stack.start("worker-zombie", sys.executable, "-m", "prefect", "worker", "start", "--pool", "ingest",
-                        "--limit", "4")
+    spare = stack.start("worker-zombie", sys.executable, "flows/run.py", "worker", "--pool", "ingest", "--limit", "4")
     msg = _upload(stack, "heal-user", "zombie.bin", 96 << 20)
     _publish([msg], ops.files_q)
     run = _wait(lambda: (_runs(stack, msg["stable_id"]) or [None])[0], 60, "the listener to create the run", 0.2)
@@ -307,8 +311,8 @@ def test_a_dead_worker_is_noticed_by_heartbeat_and_its_run_completes(ops: Ops) -
     flow_process.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     if victim is ops.worker:
-        ops.worker = stack.start("worker-heal", sys.executable, "-m", "prefect", "worker", "start", "--pool",
-                                 "ingest", "--limit", "4")
+        ops.worker = stack.start("worker-heal", sys.executable, "flows/run.py", "worker", "--pool", "ingest",
+                                 "--limit", "4")
     try:
         with stack.client() as client:
             assert client.read_flow_run(run.id).state.type.value == "RUNNING"
