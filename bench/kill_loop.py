@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the project's packages
 RUN = [sys.executable, str(ROOT / "flows" / "run.py")]
 CALL_TIMEOUT = 600.0
+QUICK_FALLBACK = 5.0  # --quick: seconds into the step when no write in flight has shown up
 
 
 # ------------------------------------------------------------------ running the CLI as a user does
@@ -44,6 +45,7 @@ class Call:
     seconds: float
     stdout: str
     stderr: str
+    landed: str | None = None   # where a mid-step kill landed
 
 
 def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -55,7 +57,8 @@ def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run_cli(home: Path, argv: list[str], *, extra_env: dict[str, str] | None = None,
-            kill_at: tuple[str, float] | None = None, trace: Path | None = None) -> Call:
+            kill_at: tuple[str, float, Callable[[], int] | None, int] | None = None,
+            trace: Path | None = None) -> Call:
     """One ``python flows/run.py …`` in a session of its own; ``kill_at=(step, seconds)`` SIGKILLs the
     caller's process group and the process running the step (the warm runner's fork) that many seconds
     after the step started (the trace file says when and where)."""
@@ -65,10 +68,10 @@ def run_cli(home: Path, argv: list[str], *, extra_env: dict[str, str] | None = N
     began = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(RUN + argv, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
-        killed = False
+        landed = None
         try:
             if kill_at is not None:
-                killed = _kill_mid_step(proc, trace, *kill_at)
+                landed = _kill_mid_step(proc, trace, *kill_at)
             proc.wait(timeout=CALL_TIMEOUT)
         finally:
             if proc.poll() is None:
@@ -76,8 +79,8 @@ def run_cli(home: Path, argv: list[str], *, extra_env: dict[str, str] | None = N
                 proc.wait()
         out.seek(0)
         err.seek(0)
-        return Call(None if killed else proc.returncode, time.monotonic() - began,
-                    out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+        return Call(None if landed else proc.returncode, time.monotonic() - began,
+                    out.read().decode(errors="replace"), err.read().decode(errors="replace"), landed)
 
 
 def _killpg(pgid: int) -> None:
@@ -104,18 +107,43 @@ def traced(trace: Path | None) -> list[tuple[int, str, float]]:
     return rows
 
 
-def _kill_mid_step(proc: subprocess.Popen, trace: Path | None, step: str, seconds: float) -> bool:
-    """Wait for ``step`` to start, then SIGKILL the call: its process group and the fork running it."""
+def _kill_mid_step(proc: subprocess.Popen, trace: Path | None, step: str, seconds: float,
+                   in_flight: Callable[[], int] | None = None, threshold: int = 0) -> str | None:
+    """Wait for ``step`` to start, then SIGKILL the call (its process group and the fork running the step)
+    once ``in_flight()`` has grown by ``threshold`` bytes of temporaries (a write caught midway), or ``seconds``
+    into the step when none show up by then (a step that only reads); returns which, or None (not killed)."""
     while proc.poll() is None:
         hit = [(pid, at) for pid, name, at in traced(trace) if name == step]
         if hit:
             pid, at = hit[0]
+            already = in_flight() if in_flight is not None else 0  # what earlier steps staged: not this step's
+            while in_flight is not None and time.time() < at + seconds and proc.poll() is None:
+                held = in_flight() - already
+                if held >= threshold:
+                    _kill(pid)
+                    _killpg(proc.pid)
+                    return f"middle {held / 2**20:.0f} MiB"
+                time.sleep(0.01)
             time.sleep(max(0.0, at + seconds - time.time()))
             _kill(pid)
             _killpg(proc.pid)
-            return True
+            return "middle (timed)"
         time.sleep(0.005)
-    return False
+    return None
+
+
+def in_flight_bytes(home: Path) -> int:
+    """Bytes in temporaries right now: staging, ``.part`` and ``.vault-tmp-*`` files, NGAS uploads."""
+    held = 0
+    for top in ("staging", "vault", "ngas"):
+        for root, _, names in os.walk(home / top):  # a directory removed meanwhile is skipped, not an error
+            for name in names:
+                if top == "staging" or name.endswith(".part") or name.startswith(".vault-tmp"):
+                    try:
+                        held += os.stat(os.path.join(root, name)).st_size
+                    except OSError:
+                        pass
+    return held
 
 
 def last_json(text: str) -> dict[str, Any]:
@@ -168,7 +196,7 @@ class Domain:
     build: Callable[[Path, str, int], Case]          # (home, case id, bytes) → the command and what to look for
     check: Callable[[Path, Case, list[str]], tuple[int, int, list[str]]]  # → (copies, expected, leftovers)
     heavy: tuple[str, ...]                           # steps that move the bytes: killed midway too
-    dangerous: str                                   # the quick test's one kill
+    dangerous: tuple[str, str]                       # the quick test's one kill: (step, "start" | "middle")
     steps: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
     resumed: dict[str, str] = field(default_factory=dict)  # step only a resumed run takes → a kill that leads there
@@ -272,6 +300,26 @@ def snapshot(home: Path) -> dict[str, tuple[int, float]]:
             if path.is_file():
                 st = path.stat()
                 seen[str(path.relative_to(home))] = (st.st_size, st.st_mtime)
+    if S3:
+        seen.update(s3_snapshot())
+    return seen
+
+
+S3: dict[str, str] = {}  # with --s3: {"bucket", "endpoint"}, the EGA vault is that bucket (APT targets stay directories)
+
+
+def s3_snapshot() -> dict[str, tuple[int, float]]:
+    """The bucket's objects as ``vault/<key>`` (so the domain checks read them as vault files) and its
+    incomplete multipart uploads as ``s3-multipart/<key>``: what a put killed midway leaves on S3."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=S3["endpoint"])
+    seen: dict[str, tuple[int, float]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=S3["bucket"]):
+        for obj in page.get("Contents", []):
+            seen[f"vault/{obj['Key']}"] = (obj["Size"], obj["LastModified"].timestamp())
+    for upload in s3.list_multipart_uploads(Bucket=S3["bucket"]).get("Uploads", []):
+        seen[f"s3-multipart/{upload['Key']}#{upload['UploadId'][:8]}"] = (0, upload["Initiated"].timestamp())
     return seen
 
 
@@ -355,13 +403,15 @@ def check_nrao(home: Path, case: Case, new: list[str]) -> tuple[int, int, list[s
 
 
 DOMAINS = {
-    "ega": Domain("ega", build_ega, check_ega, ("decrypt-reencrypt-stage", "archive-to-vault"), "archive-to-vault"),
+    "ega": Domain("ega", build_ega, check_ega, ("decrypt-reencrypt-stage", "archive-to-vault"),
+                  ("archive-to-vault", "middle")),
     "apt": Domain("apt", build_apt, check_apt, ("receive-scan-bag", "copy-to-staging", "format-identification",
                                                 "store-preservation-copies", "storage-validation"),
-                  "store-preservation-copies"),
+                  ("store-preservation-copies", "middle")),
     "fits": Domain("fits", build_fits, check_fits, ("verify-checksums", "describe-cube", "make-previews"),
-                   "make-previews"),
-    "nrao": Domain("nrao", build_nrao_unique, check_nrao, ("stage-products", "archive-to-ngas"), "archive-to-ngas"),
+                   ("make-previews", "start")),  # the cube row is written, its previews not yet
+    "nrao": Domain("nrao", build_nrao_unique, check_nrao, ("stage-products", "archive-to-ngas"),
+                  ("archive-to-ngas", "middle")),
 }
 
 
@@ -406,8 +456,9 @@ def run_case(home: Path, domain: Domain, step: str, point: str, size: int, seq: 
     if point == "start":
         killed = run_cli(home, case.argv, extra_env={"INGEST_FAILPOINT": f"{step}:kill"}, trace=trace)
     else:
-        killed = run_cli(home, case.argv, kill_at=(step, delay), trace=trace)
-        point = _where_it_landed(trace, step, point)
+        killed = run_cli(home, case.argv, kill_at=(step, delay, lambda: in_flight_bytes(home), size // 4),
+                         trace=trace)
+        point = _where_it_landed(trace, step, killed.landed or point)
     reached = any(name == step for _, name, _ in traced(trace))
     after_kill = snapshot(home)
     left_by_kill = {p: after_kill[p][0] for p in new_files(before, after_kill)}
@@ -474,11 +525,11 @@ def learn_steps(home: Path, domain: Domain, size: int) -> None:
 
 def plan(domain: Domain, quick: bool) -> list[tuple[str, str, float]]:
     """(step, "start" | "middle", seconds into the step) for every case of the domain."""
-    if quick:
-        return [(domain.dangerous, "middle" if domain.dangerous in domain.heavy else "start",
-                 0.5 * domain.durations.get(domain.dangerous, 0.4))]
+    if quick:  # no clean run first: a write in flight triggers the kill (or it comes QUICK_FALLBACK s in)
+        step, point = domain.dangerous
+        return [(step, point, QUICK_FALLBACK)]
     cases = [(step, "start", 0.0) for step in domain.steps]
-    cases += [(step, "middle", 0.5 * domain.durations[step]) for step in domain.steps if step in domain.heavy]
+    cases += [(step, "middle", 0.6 * domain.durations[step]) for step in domain.steps if step in domain.heavy]
     return cases
 
 
@@ -520,7 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-kib", type=float, default=256, help="input size for the kills at a step's start")
     parser.add_argument("--quick", action="store_true", help="one kill per domain, at its most dangerous step")
     parser.add_argument("--steps", help="only these steps (comma-separated)")
+    parser.add_argument("--points", default="start,middle", help="kill points: start, middle or both")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line too")
+    parser.add_argument("--s3", action="store_true", help="EGA's vault in an S3 bucket at --s3-endpoint")
+    parser.add_argument("--s3-endpoint", default=os.environ.get("INGEST_TEST_S3_ENDPOINT"),
+                        help="S3 endpoint (default $INGEST_TEST_S3_ENDPOINT, e.g. a moto server)")
     parser.add_argument("--keep", action="store_true", help="keep the home (printed) for inspection")
     args = parser.parse_args(argv)
 
@@ -534,23 +589,29 @@ def main(argv: list[str] | None = None) -> int:
     big, small = int(args.size_mib * (1 << 20)), int(args.small_kib * 1024)
     results: list[Result] = []
     try:
-        init = run_cli(home, ["init"])
+        init_argv = ["init"]
+        if args.s3:
+            if not args.s3_endpoint:
+                raise SystemExit("--s3 needs --s3-endpoint or INGEST_TEST_S3_ENDPOINT")
+            S3.update(bucket=f"kill-loop-{os.urandom(4).hex()}", endpoint=args.s3_endpoint)
+            init_argv += ["--s3-bucket", S3["bucket"], "--s3-endpoint", S3["endpoint"]]
+        init = run_cli(home, init_argv)
         if init.code != 0:
             raise SystemExit(f"init failed: {init.stderr[-2000:]}")
         os.environ["PREFECT_API_URL"] = json.loads((home / "prefect" / "api.json").read_text())["url"]
         seq = 0
         for name in args.domains.split(","):
             domain = DOMAINS[name]
-            if not args.quick or domain.dangerous in domain.heavy:
+            if not args.quick:
                 learn_steps(home, domain, big)  # the steps, and how long the heavy ones take
             for step, point, delay in plan(domain, args.quick):
-                if args.steps and step not in args.steps.split(","):
+                if (args.steps and step not in args.steps.split(",")) or point not in args.points.split(","):
                     continue
                 seq += 1
                 result = run_case(home, domain, step, point, big if point == "middle" else small, seq, delay)
                 results.append(result)
                 _progress(result)
-            if not args.quick and not args.steps:
+            if not args.quick and not args.steps and "start" in args.points:
                 for then, first in list(domain.resumed.items()):
                     seq += 1
                     results.append(run_case(home, domain, first, "start", small, seq, then=then))
