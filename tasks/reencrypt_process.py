@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tasks.checksum import Digest
-from tasks.crypto import DEFAULT_BLOCK_SIZE, ReencryptResult
+from tasks.crypto import DEFAULT_BLOCK_SIZE, ReencryptResult, reencrypt
 from tasks.errors import UserError
 from tasks.openpgp import (Decryption, OpenPGPPrivateKey, SessionKey, choose_recipient, chunks_from_file,
                            decrypt_chunks)
@@ -38,7 +38,63 @@ CHECK_SECONDS = 2.0  # how often a running pass asks ``still_wanted``
 @dataclass(frozen=True)
 class PassOutcome:
     result: ReencryptResult
-    peak_rss_mib: float  # VmHWM of the process that ran the pass
+    peak_rss_mib: float | None  # VmHWM of the child that ran the pass; None when it ran in this process
+
+
+def child_min_bytes() -> int:
+    """Uploads from this size on are passed in a child process; smaller ones in this process.
+
+    The child's fixed cost (an interpreter and ``cryptography``'s import, partly hidden behind the
+    key unlock) would eat the 512 MiB speed target's margin, while below 1 GiB the pass is short
+    enough that a cancel waits at most a few seconds for it (docs/architecture.md has the figures).
+    ``INGEST_BYTE_PASS_CHILD_MIN_BYTES`` overrides it (0: always a child)."""
+    return int(os.environ.get("INGEST_BYTE_PASS_CHILD_MIN_BYTES", str(1 << 30)))
+
+
+def open_byte_pass(src: BinaryIO, dst: BinaryIO) -> ReencryptProcess | InProcessPass:
+    """The pass for ``src`` into ``dst``: in a child process from ``child_min_bytes()`` on."""
+    if os.fstat(src.fileno()).st_size >= child_min_bytes():
+        return ReencryptProcess(src, dst)
+    return InProcessPass(src, dst)
+
+
+class InProcessPass:
+    """The same pass in this process, for uploads too small to be worth a process of their own.
+
+    ``still_wanted`` is not asked: the pass is over in a few seconds and the caller checks after it."""
+
+    def __init__(self, src: BinaryIO, dst: BinaryIO) -> None:
+        self.src, self.dst = src, dst
+
+    def __enter__(self) -> InProcessPass:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def run(self, private_key: OpenPGPPrivateKey, vault_public_key: bytes, *,
+            block_size: int = DEFAULT_BLOCK_SIZE,
+            on_session_key: Callable[[SessionKey], None] | None = None,
+            encrypted_algorithms: tuple[str, ...] = ("md5", "sha256"),
+            hash_output: bool = True,
+            on_progress: Callable[[int], None] | None = None,
+            still_wanted: Callable[[], None] | None = None) -> PassOutcome:
+        src: Any = _ReportingReader(self.src, on_progress) if on_progress is not None else self.src
+        result = reencrypt(src, self.dst, private_key, vault_public_key, block_size=block_size,
+                           on_session_key=on_session_key, encrypted_algorithms=encrypted_algorithms,
+                           hash_output=hash_output)
+        return PassOutcome(result, None)
+
+
+class _ReportingReader:
+    def __init__(self, raw: BinaryIO, on_progress: Callable[[int], None]) -> None:
+        self.raw = raw
+        self.on_progress = on_progress
+
+    def readinto(self, buf: Any) -> int | None:
+        n = self.raw.readinto(buf)
+        self.on_progress(n or 0)
+        return n
 
 
 class _SessionKeyKnown(Exception):

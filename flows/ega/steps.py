@@ -146,18 +146,18 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial,
                          still_wanted: Callable[[], None] | None = None) -> Staged:
     """One pass: hash ciphertext, decrypt OpenPGP, hash plaintext, Crypt4GH-encrypt into staging.
 
-    The bytes go through a child process (tasks.reencrypt_process): its peak memory is the pass's
-    own, and a cancel kills it at once; this process keeps the private key and the registry.
-    ``still_wanted`` is asked every few seconds during the pass and raises to stop it (SDA's cancel)."""
+    From 1 GiB on the bytes go through a child process (tasks.reencrypt_process): its peak memory is
+    the pass's own, and a cancel kills it at once; this process keeps the private key and the registry.
+    ``still_wanted`` is asked every few seconds during such a pass and raises to stop it (SDA's cancel)."""
     from tasks.keys import load_pgp_private_key
-    from tasks.reencrypt_process import ReencryptProcess
+    from tasks.reencrypt_process import open_byte_pass
 
     name = owned_name(DOMAIN, located.ingest_id, cfg.staging.new_name(".c4gh"))  # swept by the next attempt
     progress = Progress(f"decrypt + re-encrypt {Path(located.path).name}", Path(located.path).stat().st_size)
     started = time.perf_counter()
     # Leaving the with kills a child still running before the writer removes its partial file.
     with open(located.path, "rb") as raw, cfg.staging.atomic_writer(name) as out, \
-            ReencryptProcess(raw, out) as byte_pass:
+            open_byte_pass(raw, out) as byte_pass:
         private_key = load_pgp_private_key(key.armored, key.passphrase)  # while the child imports
         # Refuse a reused session key before a single byte is decrypted.
         outcome = byte_pass.run(private_key, cfg.vault_public_key,
@@ -184,10 +184,11 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial,
     except BaseException:
         cfg.staging.remove(name)
         raise
-    step_logger(log).info("%s decrypted %s, re-encrypted to Crypt4GH in staging (%s %s matches; "
-                          "byte pass peak RSS %.1f MiB)",
+    where = ("in this process" if outcome.peak_rss_mib is None
+             else f"in a process of its own, byte pass peak RSS {outcome.peak_rss_mib:.1f} MiB")
+    step_logger(log).info("%s decrypted %s, re-encrypted to Crypt4GH in staging (%s %s matches; %s)",
                           Path(located.path).name, rate(staged.plaintext_size, time.perf_counter() - started),
-                          located.upload.checksum_type, located.upload.checksum, outcome.peak_rss_mib)
+                          located.upload.checksum_type, located.upload.checksum, where)
     return staged
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tasks.crypto import reencrypt
 from tasks.errors import UserError
-from tasks.reencrypt_process import PassOutcome, ReencryptProcess, child_env
+from tasks.reencrypt_process import InProcessPass, PassOutcome, ReencryptProcess, child_env, open_byte_pass
 
 from crypto_helpers import PASSPHRASE, file_digest, sample
 
@@ -260,3 +260,26 @@ def test_still_wanted_calls_the_pass_off_mid_way(tmp_path, archive_keys, big_upl
                       on_progress=read.append, still_wanted=still_wanted)
     assert child.returncode is not None  # killed on the way out, not left to finish
     assert len(asked) >= 2 and sum(read) < big_upload.stat().st_size
+
+
+def test_small_uploads_stay_in_this_process_with_the_same_results(tmp_path, archive_keys, uploads, monkeypatch,
+                                                                   c4gh_decrypt):
+    size = uploads["fixed"].stat().st_size
+    monkeypatch.setenv("INGEST_BYTE_PASS_CHILD_MIN_BYTES", str(size + 1))
+    progress: list[int] = []
+    with open(uploads["fixed"], "rb") as src, open(tmp_path / "here.c4gh", "wb") as dst, \
+            open_byte_pass(src, dst) as byte_pass:
+        assert isinstance(byte_pass, InProcessPass)
+        here = byte_pass.run(archive_keys.private_key, archive_keys.vault_public_key, on_progress=progress.append)
+    assert here.peak_rss_mib is None and sum(progress) == size
+    assert c4gh_decrypt(tmp_path / "here.c4gh") == file_digest(uploads["plain"], "sha256")
+    monkeypatch.setenv("INGEST_BYTE_PASS_CHILD_MIN_BYTES", str(size))
+    with open(uploads["fixed"], "rb") as src, open(tmp_path / "child.c4gh", "wb") as dst, \
+            open_byte_pass(src, dst) as byte_pass:
+        assert isinstance(byte_pass, ReencryptProcess)
+        child = byte_pass.run(archive_keys.private_key, archive_keys.vault_public_key)
+    assert (child.result.plaintext, child.result.encrypted) == (here.result.plaintext, here.result.encrypted)
+    monkeypatch.delenv("INGEST_BYTE_PASS_CHILD_MIN_BYTES")
+    with open(uploads["fixed"], "rb") as src, open(tmp_path / "x.c4gh", "wb") as dst, \
+            open_byte_pass(src, dst) as byte_pass:
+        assert isinstance(byte_pass, InProcessPass)  # the default: a child from 1 GiB

@@ -81,7 +81,9 @@ def start_call(env: EgaEnv, message: dict, prefect_api: str, tmp_path: Path) -> 
     path.write_text(json.dumps(message))
     return subprocess.Popen([sys.executable, str(ROOT / "flows" / "run.py"), "ega", "--message", str(path),
                              "--config", env.name],
-                            env={**os.environ, "PREFECT_API_URL": prefect_api, "INGEST_RETRY_BASE_SECONDS": "0.1"},
+                            env={**os.environ, "PREFECT_API_URL": prefect_api, "INGEST_RETRY_BASE_SECONDS": "0.1",
+                                 # a child from 100 MiB (1 GiB by default): keeps the upload small
+                                 "INGEST_BYTE_PASS_CHILD_MIN_BYTES": str(100 << 20)},
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
