@@ -79,7 +79,7 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60)
     return proc.returncode
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
     base = tmp_path_factory.mktemp("stack")
     token = uuid.uuid4().hex[:8]
