@@ -51,7 +51,12 @@ RESUBMIT = ("Fix the bag and upload it again to the receiving bucket under the s
 
 
 def _run_name() -> str:
-    return f"apt-wi{parameter('work_item_id')}"  # until start-work-item knows the bag: then apt-<identifier>
+    """The name the scan gave the run at creation (``apt-<identifier>``), kept; a run made elsewhere is
+    ``apt-wi<id>`` until start-work-item knows the bag and names it ``apt-<identifier>``."""
+    from prefect.runtime import flow_run as current
+
+    given = current.name or ""
+    return given if given.startswith("apt-") else f"apt-wi{parameter('work_item_id')}"
 
 
 @flow(name="ingest-apt-bag", flow_run_name=_run_name,

@@ -35,7 +35,7 @@ from flows.apt import records
 from flows.apt.config import AptConfig, load_config
 from flows.apt.names import parse_bag_name
 from flows.apt.receiving import ReceivedObject
-from flows.outcome import dated
+from flows.outcome import dated, run_name
 from tasks.errors import UserError
 from tasks.prefect_support import ingest_task
 
@@ -132,7 +132,7 @@ def start_deployment_run(cfg: AptConfig, d: ScanDecision, config_block: str) -> 
     row = records.get_work_item(cfg.registry, d.work_item_id)
     run = run_deployment(cfg.block.deployment_name, parameters={"work_item_id": d.work_item_id,
                                                                   "config_block": config_block},
-                         timeout=0, idempotency_key=idempotency_key(d.work_item_id, d.etag, row["attempt"]))
+                         flow_run_name=run_name("apt", row["object_identifier"]), timeout=0, idempotency_key=idempotency_key(d.work_item_id, d.etag, row["attempt"]))
     records.update_work_item(cfg.registry, d.work_item_id, flow_run_id=str(run.id))
     return str(run.id)
 

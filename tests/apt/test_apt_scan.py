@@ -190,6 +190,8 @@ def test_scan_flow_starts_deployment_runs_with_idempotency_keys(apt_env: AptEnv,
         run = client.read_flow_run(started["flow_run_id"])
     assert run.parameters == {"work_item_id": row["id"], "config_block": name}
     assert run.idempotency_key == idempotency_key(row["id"], row["etag"])
+    # named after its bag from Scheduled on, not a random name then apt-wi<id>
+    assert run.name == "apt-" + row["object_identifier"].replace("/", ".")
     # a scanner retried after a crash gets the same run back, not a second ingest
     from flows.apt.scan import ScanDecision
 
