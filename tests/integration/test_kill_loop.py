@@ -43,7 +43,7 @@ def test_the_failpoint_kills_its_process_at_that_step_only(tmp_path: Path) -> No
 def test_one_kill_per_domain_at_its_most_dangerous_step_heals_by_running_the_command_again() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "INGEST_"))}
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "kill_loop.py"), "--quick", "--size-mib", "16",
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "kill_loop.py"), "--quick",
                            "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith('{"results"')]
     assert lines, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
