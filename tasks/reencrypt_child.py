@@ -120,10 +120,24 @@ class KnownSessionKey:
         return self._session
 
 
-def _exit_when_parent_closes(stdin: BinaryIO) -> None:
-    while stdin.read(1 << 12):
+def _read_request(fd: int) -> bytes:
+    """The first line on ``fd``, read unbuffered: the watcher thread owns the fd afterwards."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        line += chunk
+    return line
+
+
+_REPORTED = threading.Event()
+
+
+def _exit_when_parent_closes(fd: int) -> None:
+    while os.read(fd, 1 << 12):
         pass
-    os._exit(1)
+    os._exit(0 if _REPORTED.is_set() else 1)  # after our report the parent closing is the normal end
 
 
 def serve(request: dict[str, Any], channel: _Channel) -> dict[str, Any]:
@@ -158,17 +172,20 @@ def main(argv: list[str]) -> int:
     sys.stdout = sys.stderr  # nothing else may write into the protocol
     import tasks.crypto  # noqa: F401  (now, while the parent unlocks the session key)
 
-    stdin = sys.stdin.buffer
-    line = stdin.readline()
+    line = _read_request(0)
     if not line:
         return 1  # the parent gave up before asking (a refused session key, say)
-    threading.Thread(target=_exit_when_parent_closes, args=(stdin,), name="parent-watch", daemon=True).start()
+    threading.Thread(target=_exit_when_parent_closes, args=(0,), name="parent-watch", daemon=True).start()
     try:
-        channel.send("result", serve(json.loads(line), channel))
+        result = serve(json.loads(line), channel)
+        _REPORTED.set()
+        channel.send("result", result)
     except Exception as exc:  # noqa: BLE001 - every failure goes back typed; the parent raises it
+        _REPORTED.set()
         channel.send("error", encode_error(exc))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # Everything is written and flushed: leave without the interpreter's teardown (and its daemon thread).
+    os._exit(main(sys.argv[1:]))

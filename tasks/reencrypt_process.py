@@ -122,6 +122,7 @@ class ReencryptProcess:
 
     def __init__(self, src: BinaryIO, dst: BinaryIO) -> None:
         self.src, self.dst = src, dst
+        self._finished = False
         dst.flush()
         self.proc = subprocess.Popen(child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env=child_env(), cwd=_ROOT, close_fds=True,
@@ -134,16 +135,25 @@ class ReencryptProcess:
         self.close()
 
     def close(self) -> None:
-        """Kill the child if it still runs, and reap it."""
+        """Reap the child: one that reported its result is let exit, any other is killed now."""
+        if self._finished:
+            self._close_pipes()  # end of its stdin: it exits, if it has not already
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
+        self._close_pipes()
+        self.proc.wait()
+
+    def _close_pipes(self) -> None:
         for pipe in (self.proc.stdin, self.proc.stdout):
             try:
                 if pipe is not None:
                     pipe.close()
             except OSError:
                 pass
-        self.proc.wait()
 
     def run(self, private_key: OpenPGPPrivateKey, vault_public_key: bytes, *,
             block_size: int = DEFAULT_BLOCK_SIZE,
@@ -194,6 +204,7 @@ class ReencryptProcess:
                     reported = max(reported, done)
                 elif kind == "result":
                     data = json.loads(payload)
+                    self._finished = True
                     return PassOutcome(decode_result(data), data["peak_rss_kib"] / 1024)
                 elif kind == "error":
                     raise decode_error(json.loads(payload))

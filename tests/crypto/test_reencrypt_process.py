@@ -283,3 +283,10 @@ def test_small_uploads_stay_in_this_process_with_the_same_results(tmp_path, arch
     with open(uploads["fixed"], "rb") as src, open(tmp_path / "x.c4gh", "wb") as dst, \
             open_byte_pass(src, dst) as byte_pass:
         assert isinstance(byte_pass, InProcessPass)  # the default: a child from 1 GiB
+
+
+def test_a_child_that_reported_exits_by_itself(tmp_path, archive_keys, uploads):
+    with open(uploads["fixed"], "rb") as src, open(tmp_path / "out.c4gh", "wb") as dst:
+        with ReencryptProcess(src, dst) as byte_pass:
+            byte_pass.run(archive_keys.private_key, archive_keys.vault_public_key)
+        assert byte_pass.proc.returncode == 0  # its own exit, not a kill
