@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.nrao import steps
+from flows.nrao import records, steps
 from flows.nrao.steps import NraoRequest, load_config
 from flows.outcome import failure_path, name_run, parameter, run_name
 from flows.reporting import ingest_report
@@ -53,23 +53,33 @@ def ingest_nrao_product(request: NraoRequest, config_block: str = "default",
             if not request.dry_run:
                 ingest_id = register(cfg, request, str(flow_run.get_id() or "") or None)
             staged = stage(cfg, request)
-            known = check_recorded(cfg, request, staged)
-            plan = prepare(cfg, request, staged, known)
-            if plan.science:
-                name_run(run_name(f"nrao-{request.kind.value}", plan.science[0].locator))
-            if request.dry_run:
-                summary = steps.result_summary(request, "DRY_RUN", staged=staged, plan=plan)
-                log.info("dry run: %d file(s) would be archived to NGAS; manifest at %s", len(plan.items),
-                         summary["manifest"])
-                ingest_report("nrao", f"dry-run {steps.natural_key(request, staged.source)}", summary,
-                              files=summary["plan"], status="Dry run")
-                return summary
-            archived = archive(cfg, plan, steps.ArchiveProgress())
-            record(cfg, request, ingest_id, staged, plan, archived)
-            recorded = True
-            summary = steps.result_summary(request, "COMPLETED", staged=staged, plan=plan, archived=archived,
-                                           ngas_url=cfg.ngas_url)
-            report_completed(cfg, request, summary)
+            try:
+                known = check_recorded(cfg, request, staged)
+            except records.AlreadyRecorded as refused:
+                if request.dry_run or not steps.completion_unsent(cfg, ingest_id, refused):
+                    raise
+                known = None  # an earlier run recorded this very request, then died before announcing it
+            if known is None:
+                log.info("%s: recorded by an earlier run that never announced it; announcing it now", staged.source)
+                summary = steps.recorded_summary(cfg, request, staged)
+                recorded = True
+            else:
+                plan = prepare(cfg, request, staged, known)
+                if plan.science:
+                    name_run(run_name(f"nrao-{request.kind.value}", plan.science[0].locator))
+                if request.dry_run:
+                    summary = steps.result_summary(request, "DRY_RUN", staged=staged, plan=plan)
+                    log.info("dry run: %d file(s) would be archived to NGAS; manifest at %s", len(plan.items),
+                             summary["manifest"])
+                    ingest_report("nrao", f"dry-run {steps.natural_key(request, staged.source)}", summary,
+                                  files=summary["plan"], status="Dry run")
+                    return summary
+                archived = archive(cfg, plan, steps.ArchiveProgress())
+                record(cfg, request, ingest_id, staged, plan, archived)
+                recorded = True
+                summary = steps.result_summary(request, "COMPLETED", staged=staged, plan=plan, archived=archived,
+                                               ngas_url=cfg.ngas_url)
+            report_completed(cfg, request, summary, ingest_id)
         steps.cleanup(staged)
         log.info("NRAO %s ingest of %s completed: %s", request.kind.value, staged.source,
                  ", ".join(p["locator"] for p in summary["products"]))

@@ -147,8 +147,10 @@ def record_group(r: Registry, *, ingest: reg.Ingest, ingestion_type: str, telesc
                            detail=f"{sp.product_type} {sp.filename}: {n_files} file(s) in NGAS "
                                   f"(ingest #{row['ingest_count']})")
         orphaned = settle_attempt(r, ingest, group, {(f.ngas_file_id, f.file_version) for f in files})
+        # "pending" until notify-completed went out: a run killed in between must still announce it (steps)
         r.set_state(ingest.id, "completed", details={"locators": [sp.locator for sp in science],
-                                                      "files": len(files), "orphaned_in_ngas": len(orphaned)})
+                                                      "files": len(files), "orphaned_in_ngas": len(orphaned),
+                                                      "completion_notice": "pending"})
     return rows
 
 

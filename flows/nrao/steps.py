@@ -476,9 +476,43 @@ def publish(cfg: NraoConfig, routing_key: str, body: dict[str, Any], correlation
     return delivery.transport
 
 
-def report_completed(cfg: NraoConfig, req: NraoRequest, summary: dict[str, Any]) -> str:
+def report_completed(cfg: NraoConfig, req: NraoRequest, summary: dict[str, Any], ingest_id: int | None = None) -> str:
+    """The run's terminal answer; the registry then says it went out (record_group left it "pending")."""
     body = {k: summary[k] for k in ("kind", "source", "state", "products", "files") if k in summary}
-    return publish(cfg, COMPLETED_KEY, body, req.correlation_id)
+    transport = publish(cfg, COMPLETED_KEY, body, req.correlation_id)
+    if ingest_id is not None:
+        cfg.registry.set_state(ingest_id, "completed", details={"completion_notice": "sent"})
+    return transport
+
+
+def completion_unsent(cfg: NraoConfig, ingest_id: int | None, refused: records.AlreadyRecorded) -> bool:
+    """Is this refusal really a run that died between recording its own products and announcing them?
+
+    Then the products are this very request's (the refusal names only its group) and the registry
+    still says its completion notice is pending: the answer owed is "completed", not a refusal."""
+    if ingest_id is None:
+        return False
+    ingest = cfg.registry.ingest_by_id(ingest_id)
+    return (ingest is not None and refused.groups == {ingest.natural_key}
+            and (ingest.details or {}).get("completion_notice") == "pending")
+
+
+def recorded_summary(cfg: NraoConfig, req: NraoRequest, staged: Staged) -> dict[str, Any]:
+    """The completed run's summary, read back from the registry (what ``record`` wrote)."""
+    group = natural_key(req, staged.source)
+    products = cfg.registry.execute(
+        "SELECT locator, product_type, filename FROM nrao_products WHERE product_group = %s ORDER BY id", (group,))
+    files = cfg.registry.execute(
+        "SELECT filename, ngas_file_id, file_version, size, checksums, ngas_checksum, ngas_checksum_plugin "
+        "FROM nrao_product_files WHERE product_group = %s ORDER BY id", (group,))
+    out = result_summary(req, "COMPLETED", staged=staged)
+    out["products"] = [{"locator": p["locator"], "type": p["product_type"], "filename": p["filename"]}
+                       for p in products]
+    out["ngas_url"] = cfg.ngas_url
+    out["files"] = [{"name": f["filename"], "ngas_file_id": f["ngas_file_id"], "version": f["file_version"],
+                     "size": f["size"], "checksum": f"{f['ngas_checksum_plugin']}:{f['ngas_checksum']}",
+                     "sha256": (f["checksums"] or {}).get("sha256")} for f in files]
+    return out
 
 
 def report_failure(cfg: NraoConfig, req: NraoRequest, ingest_id: int | None, reason: str, *,
