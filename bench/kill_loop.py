@@ -198,7 +198,7 @@ class Domain:
     dangerous: tuple[str, str]                       # the quick test's one kill: (step, "start" | "middle")
     steps: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
-    resumed: dict[str, str] = field(default_factory=dict)  # step only a resumed run takes → a kill that leads there
+    resumed: dict[str, str | None] = field(default_factory=dict)  # step only a later run takes → the kill before
 
 
 def _gpg_encrypt(plain: Path, out: Path, public_key: Path) -> None:
@@ -326,6 +326,8 @@ def new_files(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return sorted(p for p, v in after.items() if before.get(p) != v and not p.endswith(".lock"))
 
 
+SUCCESS = {"ega": ("files.completed",), "apt": ("apt.ingest.success",),
+           "fits": ("fits.ingest.ingested", "fits.ingest.skipped"), "nrao": ("nrao.ingest.completed",)}
 TERMINAL = {"ega": lambda rk: rk in ("files.completed", "files.error"),
             "apt": lambda rk: rk.startswith("apt.ingest."),
             "fits": lambda rk: rk.startswith("fits.ingest."),
@@ -438,27 +440,38 @@ class Result:
 def measure(home: Path, domain: Domain, case: Case, before: dict[str, Any], outbox_before: int) -> tuple[str, int, list[str]]:
     new = new_files(before, snapshot(home))
     copies, expected, left = domain.check(home, case, new)
-    answers = sum(1 for m in outbox(home)[outbox_before:] if TERMINAL[domain.name](m.get("routing_key", "")))
-    return f"{copies}/{expected}", answers, left
+    answers = [m.get("routing_key", "") for m in outbox(home)[outbox_before:]]
+    answers = [key for key in answers if TERMINAL[domain.name](key)]
+    left += [f"answer {key} (not a success)" for key in answers if key not in SUCCESS[domain.name]]
+    return f"{copies}/{expected}", len(answers), left
 
 
-def run_case(home: Path, domain: Domain, step: str, point: str, size: int, seq: int, delay: float = 0.0,
+def run_case(home: Path, domain: Domain, step: str | None, point: str, size: int, seq: int, delay: float = 0.0,
              then: str | None = None) -> Result:
-    """One kill and its recovery. ``then``: a step only a resumed run takes (EGA's verify-vault-copy), killed
-    at its start in the first re-run: two kills in a row, then the user's ladder."""
+    """One kill and its recovery. ``then``: a step only a later run takes (EGA's verify-vault-copy after a
+    kill, FITS's finish-unchanged after a completed run), killed at its start in the next run of the same
+    command, which follows a kill at ``step`` or (``step`` None) a clean run; then the user's ladder."""
     case_id = f"{domain.name}-{seq:02d}-{point}-{step}"[:60]
     case = domain.build(home, case_id, size)
     before, outbox_before = snapshot(home), len(outbox(home))
     trace = home / "traces" / f"{case_id}.trace"
     trace.parent.mkdir(exist_ok=True)
     began = time.monotonic()
-    if point == "start":
+    if step is None:  # a clean, complete run first: the next run takes the "already done" path
+        killed = run_cli(home, case.argv, trace=trace)
+        step = "(completed run)"
+        if killed.code != 0:
+            return Result(domain.name, step, point, "not killed", "-", 0, [], time.monotonic() - began,
+                          f"the clean run failed: exit {killed.code}")
+        killed.code = None
+        outbox_before = len(outbox(home))  # its answer was the clean run's; count the later runs' only
+    elif point == "start":
         killed = run_cli(home, case.argv, extra_env={"INGEST_FAILPOINT": f"{step}:kill"}, trace=trace)
     else:
         killed = run_cli(home, case.argv, kill_at=(step, delay, lambda: in_flight_bytes(home), min(size // 4, 2 << 20)),
                          trace=trace)
         point = _where_it_landed(trace, step, killed.landed or point)
-    reached = any(name == step for _, name, _ in traced(trace))
+    reached = step == "(completed run)" or any(name == step for _, name, _ in traced(trace))
     after_kill = snapshot(home)
     left_by_kill = {p: after_kill[p][0] for p in new_files(before, after_kill)}
     if not reached or killed.code == 0:
@@ -469,7 +482,7 @@ def run_case(home: Path, domain: Domain, step: str, point: str, size: int, seq: 
         if second.code == 0 or then not in [name for _, name, _ in traced(trace)]:
             return Result(domain.name, f"{step} then {then}", point, "not killed", "-", 0, [],
                           time.monotonic() - began, f"second kill missed: exit {second.code}")
-        step, point = f"{then} (resumed after {step})", "start"
+        step, point = f"{then} (run after {step})", "start"
     rerun_trace = home / "traces" / f"{case_id}.rerun.trace"
     ladder = [("re-run", lambda: run_cli(home, case.argv, trace=rerun_trace)),
               ("reconcile", lambda: run_cli(home, ["reconcile", "--stuck-after-minutes", "0",
@@ -477,22 +490,25 @@ def run_case(home: Path, domain: Domain, step: str, point: str, size: int, seq: 
               ("re-run", lambda: run_cli(home, case.argv))]
     done: list[str] = []
     detail = ""
+    rerun_code = None
     for name, action in ladder:
         call = action()
         done.append(name)
-        if call.code not in (0,) and name == "re-run":
-            detail = f"{name} exit {call.code}: {(last_json(call.stdout).get('error') or call.stderr.strip()[-200:])}"
+        if name == "re-run":
+            rerun_code = call.code
+            if call.code != 0:
+                detail = f"{name} exit {call.code}: {(last_json(call.stdout).get('error') or call.stderr.strip()[-200:])}"
         copies, answers, left = measure(home, domain, case, before, outbox_before)
         result = Result(domain.name, step, point, " + ".join(done), copies, answers, left,
                         time.monotonic() - began, detail)
-        if result.ok and call.code == 0:
+        if result.ok and call.code == 0 and rerun_code == 0:
             break
     else:
         result.recovered_by = "not recovered"
     remaining = snapshot(home)
     gone = [p for p in left_by_kill if p not in remaining]
     result.cleaned = f"{len(gone)} ({sum(left_by_kill[p] for p in gone) / 2**20:.1f} MiB)" if gone else "0"
-    for _, name, _ in traced(rerun_trace) if then is None else ():
+    for _, name, _ in traced(rerun_trace) if then is None and point == "start" else ():
         if name not in domain.steps and name not in domain.resumed:
             domain.resumed[name] = step  # a step only a resumed run takes, first seen after this kill
     return result
@@ -520,6 +536,11 @@ def learn_steps(home: Path, domain: Domain, size: int) -> None:
         if step not in domain.steps:
             domain.steps.append(step)
             domain.durations[step] = (rows[i + 1][2] if i + 1 < len(rows) else at + 0.2) - at
+    again = home / "traces" / f"{domain.name}-baseline-again.trace"
+    if run_cli(home, case.argv, trace=again).code == 0:  # the same command again: the "already done" path
+        for _, step, _ in traced(again):
+            if step not in domain.steps:
+                domain.resumed.setdefault(step, None)
 
 
 def plan(domain: Domain, quick: bool) -> list[tuple[str, str, float]]:
