@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,7 +77,7 @@ def _wait_reply(stable_id: str, timeout: float = 600) -> float:
     raise SystemExit(f"no files.completed for {stable_id} within {timeout} s")
 
 
-def _history(api: str, stable_id: str, timeout: float = 120) -> dict[str, float]:
+def _history(api: str, stable_id: str, timeout: float = 120) -> dict[str, Any]:
     """When the run first entered each state (waits for Completed: CEGA's answer comes just before it)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
@@ -87,7 +88,7 @@ def _history(api: str, stable_id: str, timeout: float = 120) -> dict[str, float]
         while True:
             run = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"ega-{stable_id}"])))[0]
-            first: dict[str, float] = {}
+            first: dict[str, Any] = {"id": str(run.id)}
             for s in client.read_flow_run_states(run.id):
                 first.setdefault(s.type.value, s.timestamp.timestamp())
             if "COMPLETED" in first or time.monotonic() > deadline:
@@ -175,7 +176,8 @@ def main() -> None:
         rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         for i in range(args.repeat + 1):  # the first round warms the machine (page cache, pyc)
             for kind in kinds:  # one worker at a time, interleaved, so a load change hits all alike
-                worker = _start_worker(kind, env, work / f"worker-{kind}-{i}.log")
+                log = work / f"worker-{kind}-{i}.log"
+                worker = _start_worker(kind, env, log)
                 try:
                     _, message = side.upload(args.size)
                     tools = side.tools(message)
@@ -193,11 +195,15 @@ def main() -> None:
                        "start+imports": h["RUNNING"] - h["PENDING"], "flow": answered - h["RUNNING"],
                        "answered": answered - t0, "completed": h["COMPLETED"] - t0, "tools": tools}
                 row["non-flow"] = h["RUNNING"] - t0
-                if i:
+                # a warm round whose runner had gone stale (code edited meanwhile) ran cold: say so, leave it out
+                forked = f"flow run {h['id']}" in log.read_text()
+                if i and (forked or kind != "warm"):
                     rows[kind].append(row)
-                print(json.dumps({"round": i, "worker": kind, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
+                print(json.dumps({"round": i, "worker": kind, **({"forked": forked} if kind == "warm" else {}),
+                                  **{k: round(v, 3) for k, v in row.items()}}), flush=True)
+        kinds = [kind for kind in kinds if rows[kind]]  # (every warm round ran cold: nothing to show for it)
         med = {kind: {k: statistics.median(r[k] for r in rows[kind]) for k in rows[kind][0]} for kind in kinds}
-        print(f"\nEGA {args.size} MiB through a deployment, median of {args.repeat} "
+        print(f"\nEGA {args.size} MiB through a deployment, median of {min(len(r) for r in rows.values())}+ rounds "
               f"(worker poll {args.poll_seconds:g} s), seconds:")
         print(f"  {'':<14}" + "".join(f"{kind:>10}" for kind in kinds))
         for key in ("create", "poll", "start+imports", "flow", "answered", "completed", "non-flow", "tools"):

@@ -285,7 +285,7 @@ class Calls:
                 if fork != pid:
                     continue
                 if os.WIFSIGNALED(status):
-                    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {pid}: killed by signal "
+                    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} fork pid {pid} ended by signal "
                           f"{os.WTERMSIG(status)}", flush=True)
                 try:
                     conn.sendall(end_line(status).encode())
@@ -367,6 +367,9 @@ def _preload(names: list[str] | None = None) -> bool:
                 importlib.import_module(name)
             except Exception as exc:  # optional: a call that needs it imports it itself
                 print(f"preload {name}: {type(exc).__name__}: {exc}", flush=True)
+                if not first and home is not None:  # a learned name that is no module (a flow script
+                    with open(learned_path(home), "a") as fh:  # Prefect loaded by path): never again
+                        fh.write(f"!{name}\n")
             if _native_threads() > baseline:
                 print(f"preload {name}: it started native threads, so forks of this process could hang in "
                       f"it; calls will import it themselves", flush=True)

@@ -61,8 +61,9 @@ def die_by(signum: int) -> None:
     """End as the fork ended, so the worker reports what it would have seen (e.g. -9: Crashed)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    signal.signal(signum, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+    if signum not in (signal.SIGKILL, signal.SIGSTOP):  # (those two have no handler to reset)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
     os.kill(os.getpid(), signum)
 
 

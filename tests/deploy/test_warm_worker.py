@@ -5,6 +5,8 @@ A run completes in a fork whose parent is the runner; a SIGKILLed fork is a Cras
 recovery automation re-runs); a cancel ends the fork; stopping the worker leaves no process behind."""
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
 import time
@@ -13,8 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from deployments.warm_wire import SOURCE_DIRS
 from tests.conftest import AMQP_URL
-from tests.deploy.conftest import Stack, stop
+from tests.deploy.conftest import ROOT, Stack, stop
 from tests.deploy.test_operations import _wait
 from tests.deploy.test_recovery import _flow_run_process, _run_done, _runs, _upload
 
@@ -40,10 +43,19 @@ def _socket(runner: psutil.Process) -> Path:
 
 
 @pytest.fixture(scope="module")
-def worker(stack: Stack):
+def worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory):
+    """The worker command, run from a snapshot of the code, as installed on a worker machine: in this
+    shared checkout other work edits files all the time, and the runner rightly calls itself stale
+    (runs then start cold) after every edit."""
     stack.run(sys.executable, "flows/run.py", "broker", "setup", "--amqp-url", AMQP_URL)
-    proc = stack.start("worker-warm", sys.executable, "flows/run.py", "worker", "--pool", "ingest", "--limit", "4")
+    code = tmp_path_factory.mktemp("installed")
+    for name in (*SOURCE_DIRS, "migrations"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, code / name, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = stack.start("worker-warm", sys.executable, str(code / "flows" / "run.py"), "worker", "--pool", "ingest",
+                       "--limit", "4", extra_env={"PYTHONPATH": str(code)})
     proc.log = stack.logs / f"worker-warm-{len(stack.procs) - 1}.log"
+    proc.code = code
     runner = _wait(lambda: _runner_or_none(proc), 60, "the warm runner to start")
     _wait(_socket(runner).exists, 180, "the warm runner to be ready")  # runs before this start cold
     yield proc
@@ -117,6 +129,25 @@ def test_a_cancel_ends_the_fork(stack: Stack, worker) -> None:
         client.set_flow_run_state(run.id, Cancelling(), force=True)
     _wait(lambda: _runs(stack, msg["stable_id"])[0].state.is_cancelled(), 120, "the run to be Cancelled", 0.5)
     _wait(lambda: not fork.is_running() or fork.status() == psutil.STATUS_ZOMBIE, 30, "the fork to end", 0.2)
+
+
+def test_after_a_code_change_runs_start_cold_and_a_fresh_runner_takes_over(stack: Stack, worker) -> None:
+    old = _runner(worker)
+    later = time.time() + 5
+    os.utime(worker.code / "tasks" / "__init__.py", (later, later))  # as a deploy of new code would
+    msg = _upload(stack, "warm-user", "changed.bin", 1 << 20)
+    run = _create_run(stack, msg, "warm-changed")
+    runs = _wait(lambda: _run_done(stack, msg["stable_id"]), 240, "the run to end")
+    assert runs[0].state.is_completed(), runs[0].state  # ran in its launcher's process: nothing failed
+    assert "callers run newer code or another interpreter: exiting" in worker.log.read_text()
+    assert f"flow run {run.id}" not in worker.log.read_text()
+    _wait(lambda: not old.is_running() or old.status() == psutil.STATUS_ZOMBIE, 30, "the stale runner to exit")
+    fresh = _wait(lambda: _runner_or_none(worker), 60, "a fresh runner")
+    _wait(_socket(fresh).exists, 180, "the fresh runner to be ready")
+    msg = _upload(stack, "warm-user", "fresh.bin", 1 << 20)
+    run = _create_run(stack, msg, "warm-fresh")
+    assert _wait(lambda: _run_done(stack, msg["stable_id"]), 240, "the run to end")[0].state.is_completed()
+    assert f"flow run {run.id}" in worker.log.read_text()  # the fresh runner forked it
 
 
 def test_stopping_the_worker_command_stops_worker_and_runner(stack: Stack) -> None:
