@@ -79,6 +79,15 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60)
     return proc.returncode
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (``-n 2 --dist loadgroup``, as .ci/run runs), every operations test goes to one worker:
+    one stack for all of them, and the day-one test's fixed queue names used by one test at a time."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.xdist_group("deploy-stack"))
+
+
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
     base = tmp_path_factory.mktemp("stack")
