@@ -694,9 +694,10 @@ def _log_exit(code: int, seconds: float) -> None:
     own imports, shared with it, included) and the peak of its private memory (sampled every 0.2 s)."""
     try:
         private = max(_PRIVATE_PEAK[0], _private_mib())
+        cpu = os.times()  # a fork's own, from its fork on
         os.write(_LOG_FD[0], (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} call pid {os.getpid()} exit {code} "
-                              f"after {seconds:.3f} s, peak RSS {_peak_rss_mib():.1f} MiB, peak private "
-                              f"{private:.1f} MiB\n").encode())
+                              f"after {seconds:.3f} s, cpu {cpu.user + cpu.system:.2f} s, peak RSS "
+                              f"{_peak_rss_mib():.1f} MiB, peak private {private:.1f} MiB\n").encode())
     except (OSError, IndexError):
         pass
 
