@@ -297,12 +297,14 @@ class Calls:
                 del self.conns[fd]
 
     def end_abandoned(self) -> None:
-        """Kill forks whose callers left: a deployed run's at once, a CLI call's after the grace period."""
+        """Kill forks whose callers left: a deployed run's within a second, a CLI call's after the grace."""
         now = time.monotonic()
         for fd, (conn, pid, gone, kind) in list(self.conns.items()):
             if gone is None or not pid_alive(pid):
                 continue
-            if kind == "engine" or now - gone > GRACE_SECONDS + 1:
+            # (a deployed run's fork kills itself on the hang-up; this is the backstop, after a second in
+            # which a fork that answered its launcher finishes exiting)
+            if now - gone > (1.0 if kind == "engine" else GRACE_SECONDS + 1):
                 print(f"call pid {pid}: its caller went away {now - gone:.0f} s ago; ending it", flush=True)
                 _kill_group(pid)
 
