@@ -64,6 +64,7 @@ PRELOAD = ("prefect", "prefect.flows", "prefect.tasks", "prefect.flow_engine", "
 SKIP_PRELOAD = ("deployments.warm", "deployments.warm_engine", "deployments.worker")
 DISABLE_ENV = "INGEST_WARM_RUNNER"  # "0" runs every call in its own process, as before
 GRACE_SECONDS = 3.0
+LEARN_AFTER_IDLE_SECONDS = 3.0
 LOG_LIMIT = 8 << 20
 
 
@@ -205,7 +206,8 @@ def serve(home: Path, socket_file: Path | None = None, parent: int | None = None
             calls.reap()
             calls.end_abandoned()
             if not ready:
-                if not calls.active() and not _learn(home):
+                # learn between calls, once idle a moment: never in the way of a caller that follows at once
+                if not calls.active() and calls.idle_seconds() > LEARN_AFTER_IDLE_SECONDS and not _learn(home):
                     print("a learned import is fork-unsafe: exiting, to be started afresh", flush=True)
                     break
                 continue
@@ -241,6 +243,7 @@ class Calls:
         self.listening = False
         self.wake_fd = wake_fd
         self.poll.register(wake_fd, select.POLLIN)
+        self.last_end = 0.0  # when the last call ended (monotonic)
 
     def add(self, conn: socket.socket, pid: int, kind: str) -> None:
         # Only a hang-up wakes us: data on the connection (signals the caller passes on) is the fork's.
@@ -249,6 +252,9 @@ class Calls:
 
     def active(self) -> bool:
         return bool(self.conns)
+
+    def idle_seconds(self) -> float:
+        return time.monotonic() - self.last_end
 
     def wait(self, listener: socket.socket, timeout: float) -> bool:
         """Wait for a new caller (True), a fork's end or a hang-up; a hang-up starts that call's grace."""
@@ -295,6 +301,7 @@ class Calls:
                     self.poll.unregister(fd)
                 conn.close()
                 del self.conns[fd]
+                self.last_end = time.monotonic()
 
     def end_abandoned(self) -> None:
         """Kill forks whose callers left: a deployed run's within a second, a CLI call's after the grace."""
