@@ -56,7 +56,18 @@ async def _create(client: Any, deployment_id: Any, parameters: dict[str, Any], k
                                       idempotency_key=key, **({"name": name} if name else {}))
     response = await client.request("POST", "/deployments/{id}/create_flow_run", path_params={"id": deployment_id},
                                     json=payload.model_dump(mode="json", exclude_unset=True))
-    return FlowRun.model_validate(response.json()), response.status_code == 201
+    flow_run = FlowRun.model_validate(response.json())
+    return flow_run, response.status_code == 201 and _carries(flow_run.parameters or {}, payload.parameters)
+
+
+def _carries(stored: dict[str, Any], sent: dict[str, Any]) -> bool:
+    """Whether the run holds what this request sent. The server's 201 alone is no proof that this request
+    made the run: it compares the run's creation time with the request's start, so two creates racing
+    on one key can both get 201. A run made from another message (another correlation id) was joined."""
+    import json
+
+    sent = json.loads(json.dumps(sent, default=str))
+    return all(stored.get(k) == v for k, v in sent.items())
 
 
 async def submit_attempt(client: Any, deployment_id: Any, parameters: dict[str, Any], base_key: str,
