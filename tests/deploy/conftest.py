@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,6 +53,11 @@ class Stack:
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
+
+    def live_workers(self) -> list[subprocess.Popen]:
+        """Workers still running: a test that must know which worker takes its run starts its own only
+        when this is empty (a worker left by another module would take the run instead)."""
+        return [p for p in self.procs if p.poll() is None and "worker" in p.args]
 
     @contextmanager
     def client(self):

@@ -9,7 +9,6 @@ import sys
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import pika
 import pytest

@@ -57,11 +57,13 @@ def ops(stack: Stack):
     worker = stack.start("worker-heal", sys.executable, "flows/run.py", "worker", "--pool", "ingest", "--limit", "4")
     listener = stack.start("listener-heal", sys.executable, "flows/run.py", "listen", "--queue", files_q,
                            "--adapter", "ega", "--deployment", "ingest-ega-file/ega", "--amqp-url", AMQP_URL)
+    ops = Ops(stack, files_q, capture_q, stack.logs / f"listener-heal-{len(stack.procs) - 1}.log", worker)
     try:
-        yield Ops(stack, files_q, capture_q, stack.logs / f"listener-heal-{len(stack.procs) - 1}.log", worker)
+        yield ops
     finally:
         stop(listener)
         stop(worker)
+        stop(ops.worker)  # a test may have replaced a worker it killed: no worker of this module outlives it
         conn, ch = _channel()
         for q in (files_q, capture_q):
             ch.queue_delete(q)

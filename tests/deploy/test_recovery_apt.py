@@ -80,8 +80,8 @@ def apt_heal(stack: Stack):
     ch.queue_declare(heal.capture, durable=True)
     ch.queue_bind(heal.capture, "apt", "apt.ingest.#")
     conn.close()
-    heal.worker = stack.start("worker-apt-heal", sys.executable, "-m", "prefect", "worker", "start", "--pool",
-                              "ingest", "--limit", "2")
+    assert not stack.live_workers(), [w.args for w in stack.live_workers()]
+    heal.worker = stack.start("worker-apt-heal", sys.executable, "flows/run.py", "worker", "--pool", "ingest", "--limit", "2")
     try:
         yield heal
     finally:

@@ -52,6 +52,7 @@ def worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory):
     for name in (*SOURCE_DIRS, "migrations"):
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, code / name, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not stack.live_workers(), [w.args for w in stack.live_workers()]
     proc = stack.start("worker-warm", sys.executable, str(code / "flows" / "run.py"), "worker", "--pool", "ingest",
                        "--limit", "4", extra_env={"PYTHONPATH": str(code)})
     proc.log = stack.logs / f"worker-warm-{len(stack.procs) - 1}.log"

@@ -6,7 +6,6 @@ import json
 import sys
 import subprocess
 import logging
-import multiprocessing
 import os
 import socket
 import threading

@@ -45,7 +45,7 @@ def test_init_records_the_database_and_later_runs_use_it(tmp_path: Path) -> None
     try:
         code, out = _cli(home, "init", "--prefect-database", url)       # the database does not exist yet
         assert code == 0 and out["prefect_api"]["database"].endswith(f"/{name}"), out
-        assert f'PREFECT_SERVER_DATABASE_CONNECTION_URL = "postgresql+asyncpg://' in (
+        assert 'PREFECT_SERVER_DATABASE_CONNECTION_URL = "postgresql+asyncpg://' in (
             home / "prefect" / "profiles.toml").read_text()
         with psycopg.connect(url) as conn:                                # the blocks were saved there
             slugs = {r[0] for r in conn.execute(
