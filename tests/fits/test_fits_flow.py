@@ -157,14 +157,16 @@ def test_ingest_a_cube_records_everything(fits_env, capsys):
 def _artifact(name: str) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     from flows.reporting import artifact_key
 
+    # The newest report under the key: other tests of the session ingest cubes with the same OID.
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
-            any_=[artifact_key("fits", name)])))
-    assert len(found) >= 1
-    return found[-1].data
+            any_=[artifact_key("fits", name)])), sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert len(found) == 1
+    return found[0].data
 
 
 def _task_run_names(flow_run_id, expect: int, timeout: float = 20.0) -> list[str]:

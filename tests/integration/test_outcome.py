@@ -44,10 +44,12 @@ def _run_logs(client, flow_run_id) -> list[str]:
 
 def _artifact(client, key: str) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                  sort=ArtifactSort.CREATED_DESC, limit=1)  # the newest under the key
     assert found, f"no artifact {key}"
-    return found[-1].data
+    return found[0].data
 
 
 @pytest.mark.prefect
