@@ -60,9 +60,20 @@ def fresh_home(work: Path, name: str, *init_args: str) -> tuple[dict[str, str], 
     return env, home
 
 
-def last_call_rss(home: Path) -> tuple[float, float]:
-    """(peak RSS, peak private memory) of the last call, in MiB, from runner.log."""
-    lines = [ln for ln in (home / "prefect" / "runner.log").read_text().splitlines() if "peak RSS" in ln]
+def _exit_lines(home: Path) -> list[str]:
+    try:
+        return [ln for ln in (home / "prefect" / "runner.log").read_text().splitlines() if "peak RSS" in ln]
+    except OSError:
+        return []
+
+
+def last_call_rss(home: Path, seen: int) -> tuple[float, float]:
+    """(peak RSS, peak private memory) of the last call, in MiB, from runner.log. A fork logs its line
+    when it exits, after it answered its caller (it ships the report, logs and events after): wait
+    for more than ``seen`` lines."""
+    deadline = time.monotonic() + 10
+    while len(lines := _exit_lines(home)) <= seen and time.monotonic() < deadline:
+        time.sleep(0.05)
     rss = re.search(r"peak RSS ([0-9.]+) MiB", lines[-1]) if lines else None
     private = re.search(r"peak private ([0-9.]+) MiB", lines[-1]) if lines else None
     return (float(rss.group(1)) if rss else float("nan"), float(private.group(1)) if private else float("nan"))
@@ -164,10 +175,11 @@ def main() -> None:
                 msg, message = side.upload(size)
                 tools.append(gpg_retrying(side.tools, side, message))
                 floor.append(gpg_retrying(side.gpg_floor, side, message))
+                seen = len(_exit_lines(home))
                 elapsed, byte_pass = ours(env, msg)
                 times.append(elapsed)
                 passes.append(byte_pass)
-                rss.append(last_call_rss(home))
+                rss.append(last_call_rss(home, seen))
             rows.append((size, statistics.median(times), statistics.median(tools), statistics.median(floor),
                          max(passes), max(r for r, _ in rss), max(p for _, p in rss)))
             print(f"{size} MiB: ours {times}, tools {tools}, gpg -d {floor}, byte pass peak RSS {passes}", flush=True)

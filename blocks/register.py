@@ -6,6 +6,8 @@ checkout can run ``python flows/run.py demo`` before anyone has created a block.
 """
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
@@ -39,6 +41,37 @@ def load_block(block_type: type[B], name: str = DEFAULT_NAME) -> B:
         return block_type()
 
 
+PREFETCH_SECONDS = 10.0
+_prefetched: dict[tuple[str, str], tuple[float, Block]] = {}
+_prefetch_lock = threading.Lock()
+
+
+def prefetch_blocks(block_types: list[type[Block]], name: str = DEFAULT_NAME) -> list[Block]:
+    """``load_blocks``, also kept for the flow this call is about to run: its ``load_blocks`` of the same
+    documents within PREFETCH_SECONDS takes them instead of asking the API again (each once).
+
+    The CLI reads the broker block to choose a flow, then the flow reads it with three others: one
+    request (~30 ms under a running flow) instead of two.
+    """
+    blocks = load_blocks(block_types, name)
+    now = time.monotonic()
+    with _prefetch_lock:
+        for block_type, block in zip(block_types, blocks):
+            _prefetched[(block_type.get_block_type_slug(), name)] = (now, block)
+    return blocks
+
+
+def _take_prefetched(slugs: list[str], name: str) -> list[Block] | None:
+    now = time.monotonic()
+    with _prefetch_lock:
+        held = [_prefetched.get((slug, name)) for slug in slugs]
+        if any(h is None or now - h[0] > PREFETCH_SECONDS for h in held):
+            return None
+        for slug in slugs:
+            del _prefetched[(slug, name)]
+    return [h[1] for h in held]  # type: ignore[index]
+
+
 def load_blocks(block_types: list[type[Block]], name: str = DEFAULT_NAME) -> list[Block]:
     """Several documents of one name in a single API request, in the order asked.
 
@@ -50,6 +83,9 @@ def load_blocks(block_types: list[type[Block]], name: str = DEFAULT_NAME) -> lis
     from prefect.client.schemas.objects import BlockDocument
 
     slugs = [t.get_block_type_slug() for t in block_types]
+    taken = _take_prefetched(slugs, name)
+    if taken is not None:
+        return taken
     with get_client(sync_client=True) as client:
         response = client.request("POST", "/block_documents/filter", json={
             "block_types": {"slug": {"any_": slugs}},

@@ -195,23 +195,26 @@ def live_clients(at: Path | None = None) -> list[int]:
 
 # ---------------------------------------------------------------- the client side
 
-def user_api_url() -> str | None:
-    """An API the user chose (PREFECT_API_URL in the environment or already in Prefect's settings)."""
+def user_api_url(*, loaded_settings: bool = True) -> str | None:
+    """An API the user chose (PREFECT_API_URL in the environment or, with ``loaded_settings``, already in
+    Prefect's settings)."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    if "prefect.settings" in sys.modules:
+    if loaded_settings and "prefect.settings" in sys.modules:
         from prefect.settings import get_current_settings
 
         return get_current_settings().api.url or None
     return None
 
 
-def ensure(*, announce: bool = True, idle_minutes: float | None = None) -> str:
+def ensure(*, announce: bool = True, idle_minutes: float | None = None, caller_env: bool = False) -> str:
     """The URL of this home's API: the user's, a healthy running one, or one started now.
 
     Sets PREFECT_API_URL for this process (it must run before Prefect reads its settings).
+    ``caller_env``: a warm runner's fork, whose loaded Prefect settings are the runner's, decides from
+    its caller's environment alone, as the caller would have.
     """
-    chosen = user_api_url()
+    chosen = user_api_url(loaded_settings=not caller_env)
     if chosen:
         return chosen
     at = home()

@@ -27,25 +27,28 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from deployments.warm_wire import (
+    DISABLE_ENV,
     FORWARDED,
     LEN,
     ROOT,
     SOURCE_DIRS,
+    enabled,
     end_line,
     fingerprint,
-    forward_signals,
     read_line,
-    send_request,
+    run_in_runner,
+    sock_path,
 )
 from tasks.processes import pid_alive
 
-__all__ = ["fingerprint", "SOURCE_DIRS", "run_in_runner", "serve", "Supervisor"]
+__all__ = ["DISABLE_ENV", "fingerprint", "SOURCE_DIRS", "run_in_runner", "serve", "sock_path", "Supervisor"]
 # Besides every module of our own packages: what Prefect imports on a flow's first run, and what our
 # steps import inside functions (so that a CLI call that needs them finds them loaded).
 PRELOAD = ("prefect", "prefect.flows", "prefect.tasks", "prefect.flow_engine", "prefect.task_engine",
@@ -62,54 +65,13 @@ PRELOAD = ("prefect", "prefect.flows", "prefect.tasks", "prefect.flow_engine", "
            "prefect.engine", "prefect._internal.control_listener", "prefect._internal.metrics",
            "prefect.filesystems", "prefect.deployments.steps.core", "prefect.utilities.importtools")
 SKIP_PRELOAD = ("deployments.warm", "deployments.warm_engine", "deployments.worker")
-DISABLE_ENV = "INGEST_WARM_RUNNER"  # "0" runs every call in its own process, as before
 GRACE_SECONDS = 3.0
 LEARN_AFTER_IDLE_SECONDS = 3.0
 LOG_LIMIT = 8 << 20
 
 
-def sock_path(home: Path) -> Path:
-    return home / "prefect" / "runner.sock"
-
-
 def lock_path(home: Path) -> Path:
     return home / "prefect" / "runner.lock"
-
-
-# ---------------------------------------------------------------- the caller
-
-def enabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "1") not in ("0", "false", "no")
-
-
-def run_in_runner(home: Path, argv: list[str]) -> int | None:
-    """Run this call in the home's warm runner; None when there is none (or it is stale): run in-process."""
-    if not enabled():
-        return None
-    try:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(str(sock_path(home)))
-    except OSError:
-        return None
-    with conn:
-        try:
-            send_request(conn, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-                                "fingerprint": fingerprint()})
-            reply = read_line(conn)
-        except OSError:
-            return None
-        if not reply.startswith("started"):
-            return None  # stale, or refused: the caller runs the command itself
-        forwarded = forward_signals(conn)
-        tail = read_line(conn)
-    if tail.startswith("exit "):
-        return int(tail.split()[1])
-    if tail.startswith("killed "):
-        return 128 + int(tail.split()[1])
-    if forwarded:  # the signal we passed on ended the call before it could answer
-        return 128 + forwarded[-1]
-    print("archive-ingest: the warm runner's process for this call died without an exit status", file=sys.stderr)
-    return 2
 
 
 class Supervisor:
@@ -161,6 +123,7 @@ _HOME: list[Path] = []
 _LOCK: list[Any] = []  # the runner's lock file: a fork must close its copy, or the lock outlives the runner
 _LOG_FD: list[int] = []  # the runner's own output (its log), kept by forks, whose fds 0-2 are their caller's
 _WAKE: list[int] = []  # the SIGCHLD wake-up pipe: a fork's end wakes the runner's poll at once
+_ANSWERED = threading.Event()  # in a fork: its caller has its exit status (it may leave now)
 # Fork-unsafe: a library whose runtime keeps native threads (Go's, in pygfried) hangs in a fork. Such
 # modules are never preloaded; a call imports them itself. Others found by _preload are added at run time.
 FORK_UNSAFE = {"pygfried"}
@@ -429,6 +392,9 @@ def _prepare_prefect() -> None:
     import prefect.context
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
+    from tasks import prefect_client_reuse
+
+    prefect_client_reuse.install(prebuild=True)  # every fork inherits the built TLS context
     ctx = prefect.context.GLOBAL_SETTINGS_CONTEXT
     _PREPARED["env"] = _prefect_env(dict(os.environ))
     _PREPARED["context"] = prefect.context.SettingsContext(
@@ -518,54 +484,124 @@ def _take_over(fds: list[int], request: dict[str, Any]) -> None:
 
 
 def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+    """A CLI call. It answers its caller (flushed output, then ``exit <code>``) as soon as the command
+    is done, and only then ships Prefect's buffered logs and events and runs the exit handlers: the
+    user's prompt comes back without waiting for them (~40-60 ms a call)."""
     code = 2
     began = time.monotonic()
+    after: tuple[Callable[[], Any], ...] = ()
     try:
         _take_over(fds, request)
+        sys.stderr.write(f"T {time.time()%100:.3f} fork\n"); 
         sys.argv = [str(ROOT / "flows" / "run.py"), *request["argv"]]
+        parsed = None
+        if request.get("unparsed"):
+            parsed = _admit(request["argv"])
+            if parsed is None:
+                conn.sendall(b"refused\n")  # the caller runs it in its own process; nothing ran here
+                os._exit(0)
+            if isinstance(parsed, int):  # --help, or a usage error argparse has printed
+                conn.sendall(b"started\n")
+                code = parsed
+                return
+        sys.stderr.write(f"T {time.time()%100:.3f} admitted\n"); 
         _refresh_prefect()
+        sys.stderr.write(f"T {time.time()%100:.3f} refreshed\n"); 
         conn.sendall(b"started\n")
         _watch_caller(conn)
         _watch_private_memory()
         from flows.run import main
 
+        from tasks import after_answer
+
+        after_answer.hold()  # the run's report follows the answer
         loaded = set(sys.modules)
-        try:
-            code = int(main(request["argv"]) or 0)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except KeyboardInterrupt:
-            code = 130
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        try:
-            _report_new_imports(_HOME[0], loaded)
-        except OSError:
-            pass
+        after = (after_answer.run_held, _drain, lambda: _report_new_imports(_HOME[0], loaded))
+        code, _ = _run_body(lambda: main(request["argv"], parsed=parsed, drain=False), interrupted=130)
     finally:
-        # From here on the caller may go away (it has what it needs once the exit line is sent): the
-        # watcher's interrupt must not unwind this child into the runner's own stack.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            import atexit
+        _end_fork(conn, code, began, answer_first=True, after=after)
 
-            atexit._run_exitfuncs()  # what a normal exit runs: pgserver's user count, Prefect's drains
+
+def _drain() -> None:
+    if "prefect.events.worker" in sys.modules:
+        from flows.cli_common import drain_prefect_workers
+
+        drain_prefect_workers()
+
+
+def _run_body(body: Callable[[], Any], *, interrupted: int) -> tuple[int, int]:
+    """Run a fork's body as a process's main would end: (exit code, signal to die by). A Ctrl-C ends a
+    CLI call with 130 (``interrupted``); a deployed run's engine (``interrupted=0``) dies by SIGINT, as
+    Python does on an uncaught KeyboardInterrupt, so its worker sees what it would see."""
+    try:
+        return int(body() or 0), 0
+    except SystemExit as exc:
+        return (exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)), 0
+    except KeyboardInterrupt:
+        return (interrupted, 0) if interrupted else (1, signal.SIGINT)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        return 1, 0
+
+
+def _end_fork(conn: socket.socket, code: int, began: float, *, died_by: int = 0, answer_first: bool = False,
+              after: tuple[Callable[[], Any], ...] = ()) -> None:
+    """How every fork ends: output flushed, the ``after`` steps and the exit handlers a normal exit runs
+    (Prefect's log and event drains, pgserver's user count), one line in the runner's log, and the
+    caller told ``exit <code>`` (first, with ``answer_first``), or the fork killed by ``died_by``, which
+    the runner reaps and reports as ``killed <n>``. Never returns."""
+    # From here on the caller may go away (it has what it needs once the exit line is sent): the
+    # watcher's interrupt must not unwind this fork into the runner's own stack.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if answer_first:
+        sys.stderr.write(f"T {time.time()%100:.3f} answer\n"); 
+        _answer(conn, code, let_go=True)
+    import atexit
+
+    for step in (*after, atexit._run_exitfuncs):
+        try:
+            step()
         except BaseException:
             pass
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
+    _flush()
+    _log_exit(code if not died_by else -died_by, time.monotonic() - began)
+    if died_by:
+        signal.signal(died_by, signal.SIG_DFL)
+        os.kill(os.getpid(), died_by)
+    if not answer_first:
+        _answer(conn, code)
+    os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
         try:
-            conn.sendall(f"exit {code}\n".encode())
-        except OSError:
+            stream.flush()
+        except BaseException:
             pass
-        _log_exit(code, time.monotonic() - began)
-        os._exit(code)
+
+
+def _answer(conn: socket.socket, code: int, *, let_go: bool = False) -> None:
+    """Tell the caller how the call ended. ``let_go``: the fork goes on (after-answer work), so it lets
+    go of the caller's stdin, stdout and stderr (later output goes to the runner's log): a caller whose
+    output is a pipe sees its end when the caller exits, not when this fork does."""
+    _flush()
+    _ANSWERED.set()  # the caller may now leave: its watcher must not interrupt what follows
+    try:
+        conn.sendall(f"exit {code}\n".encode())
+    except OSError:
+        pass
+    if let_go:
+        try:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            os.dup2(_LOG_FD[0], 1)
+            os.dup2(_LOG_FD[0], 2)
+        except (OSError, IndexError):
+            pass
 
 
 ENGINE_GO_SECONDS = 30.0
@@ -575,9 +611,9 @@ def _become_the_engine(conn: socket.socket, fds: list[int], request: dict[str, A
     """A deployed flow run, for a worker's launcher (deployments/warm_engine.py): ``python -m
     prefect.engine`` with the launcher's environment, cwd and fds. The fork leads a process group of
     its own (what it starts dies with it) and dies at once when its launcher does."""
-    code = 1
-    died_by = 0
+    code, died_by = 1, 0
     began = time.monotonic()
+    after: tuple[Callable[[], Any], ...] = ()
     try:
         os.setpgid(0, 0)
         _take_over(fds, request)
@@ -603,44 +639,11 @@ def _become_the_engine(conn: socket.socket, fds: list[int], request: dict[str, A
         _watch_caller(conn, grace=0.0)
         _watch_private_memory()
         loaded = set(sys.modules)
-        try:
-            runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except KeyboardInterrupt:
-            died_by = signal.SIGINT  # as Python ends on an uncaught KeyboardInterrupt
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        try:
-            _report_new_imports(_HOME[0], loaded)
-        except OSError:
-            pass
+        after = (lambda: _report_new_imports(_HOME[0], loaded),)
+        code, died_by = _run_body(lambda: runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True),
+                                  interrupted=0)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            import atexit
-
-            atexit._run_exitfuncs()  # Prefect's log and event drains, as at a normal exit
-        except BaseException:
-            pass
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
-        _log_exit(code if not died_by else -died_by, time.monotonic() - began)
-        if died_by:
-            signal.signal(died_by, signal.SIG_DFL)
-            os.kill(os.getpid(), died_by)  # the runner reaps us and tells the launcher "killed <n>"
-        try:
-            conn.sendall(f"exit {code}\n".encode())
-        except OSError:
-            pass
-        os._exit(code)
+        _end_fork(conn, code, began, died_by=died_by, after=after)
 
 
 def _set_title(title: str) -> None:
@@ -711,6 +714,23 @@ def _log_exit(code: int, seconds: float) -> None:
         pass
 
 
+def _admit(argv: list[str]) -> Any:
+    """For a caller that sent its command line unparsed: the parsed arguments to run here, an exit code
+    when parsing ended the call, or None when the command runs in the caller's own process. The home's
+    API is checked (and PREFECT_API_URL set, as a caller sets it) before Prefect's settings are read."""
+    from flows.run import parse_for_runner
+
+    parsed = parse_for_runner(argv)
+    if parsed is not None and not isinstance(parsed, int):
+        from deployments.localapi import LocalApiError, ensure
+
+        try:
+            ensure(caller_env=True)
+        except LocalApiError:
+            pass  # main() checks again and says why
+    return parsed
+
+
 def _refresh_prefect() -> None:
     """Prefect read its settings (and set up logging) from the runner's environment at import: keep them
     when the caller's Prefect environment is the same, else read the caller's."""
@@ -728,7 +748,6 @@ def _watch_caller(conn: socket.socket, grace: float = GRACE_SECONDS) -> None:
     """If the caller goes away (killed, Ctrl-C), interrupt this call, then end it after a short grace
     (none for a deployed run: its launcher was killed, so is the run, and what it started)."""
     import _thread
-    import threading
 
     def watch() -> None:
         pending = b""
@@ -741,6 +760,8 @@ def _watch_caller(conn: socket.socket, grace: float = GRACE_SECONDS) -> None:
                         os.kill(os.getpid(), int(line.split()[1]))
         except (OSError, ValueError):
             pass
+        if _ANSWERED.is_set():
+            return  # the caller left with its answer: what follows (drains, exit handlers) is ours
         if grace <= 0:
             os.killpg(0, signal.SIGKILL)
         _thread.interrupt_main()

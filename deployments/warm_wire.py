@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("flows", "tasks", "blocks", "deployments")
 LEN = struct.Struct("!I")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+DISABLE_ENV = "INGEST_WARM_RUNNER"  # "0" runs every call in its own process, as before
+
+
+def enabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "1") not in ("0", "false", "no")
+
+
+def sock_path(home: Path) -> Path:
+    return home / "prefect" / "runner.sock"
 
 
 def fingerprint(root: Path = ROOT) -> str:
@@ -90,3 +99,39 @@ def end_line(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed {os.WTERMSIG(status)}\n"
     return f"exit {os.waitstatus_to_exitcode(status)}\n"
+
+
+def run_in_runner(home: Path, argv: list[str], *, unparsed: bool = False) -> int | None:
+    """Run this CLI call in the home's warm runner; None when there is none, it is stale, or (``unparsed``)
+    its fork found the command one that runs in the caller's own process: then run it in-process.
+
+    ``unparsed``: ``flows/run.py`` calls this first thing, before importing the CLI's modules or
+    checking the API (~0.25 s of a call): the fork parses the command line and checks the API, with
+    everything already imported. A runner is up only while its home's API is.
+    """
+    if not enabled():
+        return None
+    try:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(sock_path(home)))
+    except OSError:
+        return None
+    with conn:
+        try:
+            send_request(conn, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+                                "fingerprint": fingerprint(), "unparsed": unparsed})
+            reply = read_line(conn)
+        except OSError:
+            return None
+        if not reply.startswith("started"):
+            return None  # stale, or refused: the caller runs the command itself
+        forwarded = forward_signals(conn)
+        tail = read_line(conn)
+    if tail.startswith("exit "):
+        return int(tail.split()[1])
+    if tail.startswith("killed "):
+        return 128 + int(tail.split()[1])
+    if forwarded:  # the signal we passed on ended the call before it could answer
+        return 128 + forwarded[-1]
+    print("archive-ingest: the warm runner's process for this call died without an exit status", file=sys.stderr)
+    return 2

@@ -175,16 +175,34 @@ def ingest_report(domain: str, name: str, summary: dict[str, Any], *, events: li
     """The run's report artifact (key ``<domain>-<name>``: the latest report of that object)."""
     if not _in_run():
         return
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.artifacts import MarkdownArtifact, TableArtifact
+    from prefect.context import get_run_context
 
+    from tasks.after_answer import later
+
+    ctx = get_run_context()
+    task_run = getattr(ctx, "task_run", None)
+    flow_run_id = task_run.flow_run_id if task_run is not None else ctx.flow_run.id  # type: ignore[union-attr]
+    owner = {"flow_run_id": flow_run_id, "task_run_id": task_run.id if task_run is not None else None}
     markdown = render_report(f"{domain.upper()} ingest: {name}", status, summary, context=context,
                              events=events, timings=timings, images=images)
+    artifacts = [MarkdownArtifact(markdown=markdown, key=artifact_key(domain, name),
+                                  description=f"{domain} ingest: {status.lower()}", **owner)]
+    if files:
+        artifacts.append(TableArtifact(table=[{k: _value(k, v) for k, v in f.items()} for f in files],
+                                       key=artifact_key(domain, f"{name}-files"), description="stored files",
+                                       **owner))
+    later(lambda: _publish(artifacts))  # a CLI call through the warm runner answers first
+
+
+def _publish(artifacts: list[Any]) -> None:
+    import warnings
+
     try:
-        create_markdown_artifact(markdown=markdown, key=artifact_key(domain, name),
-                                 description=f"{domain} ingest: {status.lower()}")
-        if files:
-            create_table_artifact(table=[{k: _value(k, v) for k, v in f.items()} for f in files],
-                                  key=artifact_key(domain, f"{name}-files"), description="stored files")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # (created for its run, maybe after it ended)
+            for artifact in artifacts:
+                artifact.create(_sync=True)  # type: ignore[call-arg]
     except Exception as exc:  # a report must never fail an ingest
         log.warning("could not publish the ingest report: %s", exc)
 

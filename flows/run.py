@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # running as a script puts flows/ first on sys.path, not the project
@@ -18,10 +19,11 @@ if sys.path[1:2] and Path(sys.path[0]).resolve() == ROOT / "flows":
     sys.path.pop(0)  # never let flows/ shadow top-level packages
 
 import tasks  # noqa: E402,F401  (INGEST_HOME → PREFECT_HOME before Prefect loads)
-from flows import commands  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flows import commands  # (every command's module: what a call through the warm runner never imports)
+
     parser = argparse.ArgumentParser(
         prog="python flows/run.py",
         description="Archive ingest: run flows locally with embedded defaults under $INGEST_HOME (default ./var).",
@@ -34,11 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, *, warm: bool = False) -> int:
+def parse_for_runner(argv: list[str]) -> Any:
+    """In a warm runner's fork, for a caller that sent its command line unparsed: the parsed arguments,
+    an exit code when parsing ended the call (--help, a usage error), or None for a command that runs in
+    its caller's own process (no API needed, or a daemon)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if not getattr(args, "needs_api", True) or not getattr(args, "warm_ok", True):
+        return None
+    return args
+
+
+def main(argv: list[str] | None = None, *, warm: bool = False, parsed: argparse.Namespace | None = None,
+         drain: bool = True) -> int:
     """Parse, make sure the API is there, run the command: in the home's warm runner when ``warm``
-    (a real command line) and one is up (deployments/warm.py), else in this process."""
+    (a real command line) and one is up (deployments/warm.py), else in this process. ``drain=False``:
+    the caller ships Prefect's buffered logs and events itself (a warm fork does, after answering)."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = parsed or build_parser().parse_args(argv)
     if getattr(args, "needs_api", True):
         from deployments.localapi import LocalApiError, ensure, home, started_here
 
@@ -48,7 +65,7 @@ def main(argv: list[str] | None = None, *, warm: bool = False) -> int:
             print(f"archive-ingest: {exc}", file=sys.stderr)
             return 2
         if warm and started_here() is None and getattr(args, "warm_ok", True):
-            from deployments.warm import run_in_runner
+            from deployments.warm_wire import run_in_runner
 
             code = run_in_runner(home(), argv)
             if code is not None:
@@ -60,7 +77,7 @@ def main(argv: list[str] | None = None, *, warm: bool = False) -> int:
     try:
         return int(args.handler(args) or 0)
     finally:
-        if getattr(args, "needs_api", True) and "prefect.events.worker" in sys.modules:
+        if drain and getattr(args, "needs_api", True) and "prefect.events.worker" in sys.modules:
             # ship the run's logs and events now, not in a noisy atexit (never without an API: that
             # would make Prefect start a temporary server)
             from flows.cli_common import drain_prefect_workers
@@ -72,4 +89,9 @@ def main(argv: list[str] | None = None, *, warm: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(warm=True))
+    # First, before this CLI's own imports: a warm runner's fork parses and runs the whole call
+    from deployments.warm_wire import run_in_runner
+    from tasks.home import ingest_home
+
+    code = run_in_runner(ingest_home(), sys.argv[1:], unparsed=True)
+    sys.exit(main(warm=True) if code is None else code)

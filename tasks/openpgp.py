@@ -463,10 +463,14 @@ class SessionKey:
 class OpenPGPPrivateKey:
     """An archive private key (pgpy) that can open PKESK packets addressed to it or its subkeys.
 
-    The secret material is unlocked once, here. pgpy's own S2K builds the whole
-    iterated salt+passphrase string in memory (65 MB for gpg's usual count, and
-    again on every ``unlock``), which would dominate the pass's peak RSS; the
-    derivation below hashes the same bytes from one 64 KiB block instead.
+    pgpy's own S2K builds the whole iterated salt+passphrase string in memory
+    (65 MB for gpg's usual count, and again on every ``unlock``), which would
+    dominate the pass's peak RSS; the derivation below hashes the same bytes from
+    one 64 KiB block instead. Each (sub)key's secret material is unlocked once, when
+    first needed: every part has its own S2K (~45 ms at gpg's count), and a file is
+    encrypted to one of them (gpg's: the encryption subkey, never the certifying
+    primary). That subkey, or the primary of a key without subkeys, is unlocked
+    here, so a wrong passphrase is still found when the key is loaded.
     """
 
     def __init__(self, key: Any, passphrase: str | None) -> None:
@@ -474,15 +478,24 @@ class OpenPGPPrivateKey:
             raise ValueError("an OpenPGP public key was given where the private key is needed")
         self.pgpy_key = key
         self._lock = threading.Lock()  # pgpy key objects are not documented as thread-safe
-        if key.is_protected:
-            if not passphrase:
-                raise ValueError(f"OpenPGP private key {key.fingerprint.keyid} is protected and no passphrase was given")
-            for part in [key, *key.subkeys.values()]:
-                _unprotect(part, passphrase)
         self._by_id = {key.fingerprint.keyid.upper(): key}
         for sub_id, sub in key.subkeys.items():
             self._by_id[sub_id.upper()] = sub
+        self._passphrase = passphrase
+        self._protected: set[str] = set()
+        if key.is_protected:
+            if not passphrase:
+                raise ValueError(f"OpenPGP private key {key.fingerprint.keyid} is protected and no passphrase was given")
+            self._protected = set(self._by_id)
+            first = next(iter(key.subkeys.values()), key)
+            self._unlock(first)
         self._rsa: dict[str, Any] = {}
+
+    def _unlock(self, part: Any) -> None:
+        keyid = part.fingerprint.keyid.upper()
+        if keyid in self._protected:
+            _unprotect(part, self._passphrase or "")
+            self._protected.discard(keyid)
 
     @property
     def key_ids(self) -> frozenset[str]:
@@ -512,6 +525,7 @@ class OpenPGPPrivateKey:
             warnings.simplefilter("ignore")
             packet = Packet(framed)
             for candidate in candidates:
+                self._unlock(candidate)  # (a wrong passphrase: ValueError, as at load)
                 try:
                     if recipient.algorithm in (1, 2):  # RSA: see _rsa_session_key
                         algorithm, key = self._rsa_session_key(candidate, body)

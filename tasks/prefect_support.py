@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import failpoints, run_logging
+from tasks import failpoints, prefect_client_reuse, run_logging
 from tasks.errors import backoff, retry_unless_user_error
 
 run_logging.install()  # every process that runs our tasks logs a rejected input as one line
+prefect_client_reuse.install()  # one TLS context and one result-storage read per process, not per use
 
 F = TypeVar("F", bound=Callable[..., Any])
 

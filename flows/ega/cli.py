@@ -37,10 +37,12 @@ def run_message(raw: dict, *, correlation_id: str | None = None, config_block: s
 
 
 def _protocol(config_block: str) -> str:
-    from blocks.broker import BrokerBlock
-    from blocks.register import load_block
+    """The broker block's protocol; the blocks the flow loads next come with it (one API request)."""
+    from blocks.register import prefetch_blocks
+    from flows.ega.config import block_types
 
-    return load_block(BrokerBlock, config_block).protocol
+    _, broker, _, _ = prefetch_blocks(block_types(), config_block)
+    return broker.protocol
 
 
 def run_sda_message(raw: dict, *, correlation_id: str | None = None, config_block: str = "default",

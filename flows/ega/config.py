@@ -28,16 +28,21 @@ class EgaConfig:
         self.registry.close()
 
 
-def load_config(block_name: str = "default", *, inbox_root: str | None = None) -> EgaConfig:
+def block_types() -> list[type]:
+    """The block documents one EGA ingest reads (keyserver, broker, registry, vault), in that order."""
     from blocks.broker import BrokerBlock
     from blocks.keyserver import KeyserverBlock
-    from blocks.register import load_blocks
     from blocks.registry import RegistryBlock
     from blocks.vault import VaultBlock
+
+    return [KeyserverBlock, BrokerBlock, RegistryBlock, VaultBlock]
+
+
+def load_config(block_name: str = "default", *, inbox_root: str | None = None) -> EgaConfig:
+    from blocks.register import load_blocks
     from tasks.keys import load_c4gh_public_key
 
-    keyserver, broker, registry, vault = load_blocks([KeyserverBlock, BrokerBlock, RegistryBlock, VaultBlock],
-                                                     block_name)
+    keyserver, broker, registry, vault = load_blocks(block_types(), block_name)
     return EgaConfig(
         registry=registry.open(),
         vault=vault.vault(),

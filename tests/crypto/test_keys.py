@@ -68,3 +68,35 @@ def test_loading(archive_keys):
     with pytest.raises(ValueError, match="public key"):
         load_pgp_private_key(archive_keys.pgp_pub.read_text(), PASSPHRASE)
     assert public_key_from_pem(archive_keys.c4gh_pub.read_text()) == archive_keys.vault_public_key
+
+
+def _rsa_pkesk(part, algorithm: int, session_key: bytes) -> bytes:
+    """A version-3 PKESK body (RFC 4880 §5.1) for an RSA (sub)key: what gpg writes for a recipient."""
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    km = part._key.keymaterial
+    public = rsa.RSAPublicNumbers(int(km.e), int(km.n)).public_key()
+    m = bytes([algorithm]) + session_key + (sum(session_key) % 65536).to_bytes(2, "big")
+    c = public.encrypt(m, padding.PKCS1v15())
+    bits = int.from_bytes(c, "big").bit_length()
+    return bytes([3]) + bytes.fromhex(part.fingerprint.keyid) + bytes([1]) + bits.to_bytes(2, "big") + c.lstrip(b"\0")
+
+
+def test_each_part_of_a_key_is_unlocked_once_when_first_needed(archive_keys, monkeypatch):
+    """Every (sub)key has its own S2K (~45 ms at gpg's count): loading unlocks the encryption subkey (a
+    wrong passphrase is still found there), the certifying primary only when a file is addressed to it."""
+    from tasks import openpgp
+
+    derivations = []
+    real = openpgp._derive_s2k
+    monkeypatch.setattr(openpgp, "_derive_s2k", lambda s2k, pw: derivations.append(1) or real(s2k, pw))
+    key = load_pgp_private_key(archive_keys.pgp_sec.read_text(), PASSPHRASE)
+    assert len(derivations) == 1
+    (sub_id, sub), = key.pgpy_key.subkeys.items()
+    session = bytes(range(32))
+    opened = key.decrypt_session_key(openpgp.Recipient(sub_id.upper(), 1, _rsa_pkesk(sub, 9, session)))
+    assert (opened.algorithm, opened.key) == (9, session) and len(derivations) == 1
+    primary = key.pgpy_key
+    to_primary = openpgp.Recipient(primary.fingerprint.keyid.upper(), 1, _rsa_pkesk(primary, 9, session))
+    assert key.decrypt_session_key(to_primary).key == session and len(derivations) == 2
+    assert key.decrypt_session_key(to_primary).key == session and len(derivations) == 2  # once only

@@ -67,3 +67,35 @@ def test_load_blocks_reads_several_documents_in_one_request(prefect_api, unique:
     # the fallback rule of load_block: defaults for "default" only
     with pytest.raises(ValueError, match="missing"):
         load_blocks([VaultBlock, BrokerBlock], f"missing-{unique}")
+
+
+def test_prefetched_blocks_are_taken_once_by_the_next_load(prefect_api, unique: str, tmp_path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The EGA CLI reads the broker block to choose the flow; the flow's own load of the same documents
+    takes those (no second request), once, and only while fresh."""
+    from blocks import register
+    from blocks.broker import BrokerBlock
+    from blocks.register import load_blocks, prefetch_blocks, save_defaults
+    from blocks.vault import VaultBlock
+
+    name = f"prefetch-{unique}"
+    save_defaults({VaultBlock: VaultBlock(root=str(tmp_path))}, name=name)
+    requests = []  # loads that had to ask the API
+    real = register._take_prefetched
+
+    def take(slugs, block_name):
+        taken = real(slugs, block_name)
+        if taken is None:
+            requests.append(slugs)
+        return taken
+
+    monkeypatch.setattr(register, "_take_prefetched", take)
+    broker, vault = prefetch_blocks([BrokerBlock, VaultBlock], name)
+    assert len(requests) == 1 and vault.root == str(tmp_path)
+    again = load_blocks([BrokerBlock, VaultBlock], name)
+    assert again[0] is broker and again[1] is vault and len(requests) == 1
+    assert load_blocks([BrokerBlock, VaultBlock], name)[1].root == str(tmp_path) and len(requests) == 2  # taken once
+    prefetch_blocks([BrokerBlock, VaultBlock], name)
+    monkeypatch.setattr(register, "PREFETCH_SECONDS", 0.0)
+    load_blocks([BrokerBlock, VaultBlock], name)
+    assert len(requests) == 4  # stale: asked again

@@ -204,6 +204,53 @@ def test_a_call_in_the_warm_runner_is_the_same_call(ingest_home: Path, tmp_path:
     assert len(runner_calls(ingest_home)) == 3
 
 
+def _artifacts(home: Path, key: str) -> list[dict]:
+    state = localapi.read_state(home)
+    assert state is not None
+    reply = httpx.post(f"{state.url}/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}}, timeout=10)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def test_a_warm_call_is_parsed_in_the_runner_and_answers_before_its_report(ingest_home: Path) -> None:
+    """The caller imports none of the CLI's modules (the runner's fork parses the command line); commands
+    that must run in the caller still do; the run's report follows the answer, from the same fork."""
+    from flows.fits.samples import write_sample_cube
+    from flows.reporting import artifact_key
+
+    assert cli(ingest_home, "init").returncode == 0
+    wait_for_runner(ingest_home)
+    timed = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "flows" / "run.py"), "outbox", "show"],
+                           cwd=ROOT, env=cli_env(ingest_home), capture_output=True, text=True, timeout=120)
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in timed.stderr.splitlines() if line.startswith("import time:")}
+    assert "deployments.warm_wire" in imported, sorted(imported)
+    assert not {"flows.commands", "prefect", "psycopg", "deployments.localapi"} & imported, sorted(imported)
+    calls = len(runner_calls(ingest_home))
+    assert calls == 1
+    # usage, and a usage error, printed by the fork on the caller's streams
+    helped = cli(ingest_home, "--help")
+    assert helped.returncode == 0 and "usage: python flows/run.py" in helped.stdout
+    wrong = cli(ingest_home, "no-such-command")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+    # a command that needs no API is handed back, and runs in the caller
+    status = cli(ingest_home, "server", "status")
+    assert status.returncode == 0 and last_json(status)["running"] is True
+    assert len(runner_calls(ingest_home)) == calls + 3
+    # a flow run: the caller has its answer, and the run's report follows
+    cube = write_sample_cube(ingest_home / "science" / "warm" / "CRISP")
+    done = cli(ingest_home, "fits", str(cube.relative_to(ingest_home / "science")))
+    assert done.returncode == 0, done.stderr[-3000:]
+    oid = last_json(done)["oid"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not _artifacts(ingest_home, artifact_key("fits", oid)):
+        time.sleep(0.2)
+    reports = _artifacts(ingest_home, artifact_key("fits", oid))
+    assert len(reports) == 1 and reports[0]["flow_run_id"], reports
+    assert_only_shared_processes_remain(ingest_home)
+    assert len(runner_calls(ingest_home)) == calls + 4
+
+
 def test_the_runner_is_stale_when_the_code_changes(tmp_path: Path) -> None:
     for name in warm.SOURCE_DIRS:
         (tmp_path / name).mkdir()
