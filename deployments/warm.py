@@ -534,7 +534,8 @@ def _run_body(body: Callable[[], Any], *, interrupted: int) -> tuple[int, int]:
     CLI call with 130 (``interrupted``); a deployed run's engine (``interrupted=0``) dies by SIGINT, as
     Python does on an uncaught KeyboardInterrupt, so its worker sees what it would see."""
     try:
-        return int(body() or 0), 0
+        result = body()  # a command's exit code; the engine's module globals (it ended normally)
+        return (int(result or 0) if isinstance(result, int) or result is None else 0), 0
     except SystemExit as exc:
         return (exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)), 0
     except KeyboardInterrupt:

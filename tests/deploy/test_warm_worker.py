@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -18,7 +19,7 @@ import pytest
 from deployments.warm_wire import SOURCE_DIRS
 from tests.conftest import AMQP_URL
 from tests.deploy.conftest import ROOT, Stack, stop
-from tests.deploy.test_operations import _wait
+from tests.deploy.test_operations import _channel, _wait
 from tests.deploy.test_recovery import _flow_run_process, _run_done, _runs, _upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy]
@@ -48,6 +49,13 @@ def worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory):
     shared checkout other work edits files all the time, and the runner rightly calls itself stale
     (runs then start cold) after every edit."""
     stack.run(sys.executable, "flows/run.py", "broker", "setup", "--amqp-url", AMQP_URL)
+    # CEGA's side, as its shovel would be: status messages are published mandatory, and are refused
+    # unless a queue is bound (this module must not rely on another module's queue being left)
+    capture = f"cega-warm-{uuid.uuid4().hex[:8]}"
+    conn, ch = _channel()
+    ch.queue_declare(capture, durable=True)
+    ch.queue_bind(capture, "cega", "#")
+    conn.close()
     code = tmp_path_factory.mktemp("installed")
     for name in (*SOURCE_DIRS, "migrations"):
         if (ROOT / name).is_dir():
@@ -61,6 +69,9 @@ def worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory):
     _wait(_socket(runner).exists, 180, "the warm runner to be ready")  # runs before this start cold
     yield proc
     stop(proc)
+    conn, ch = _channel()
+    ch.queue_delete(capture)
+    conn.close()
 
 
 def _create_run(stack: Stack, message: dict, tag: str):
