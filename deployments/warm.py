@@ -492,7 +492,6 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
     after: tuple[Callable[[], Any], ...] = ()
     try:
         _take_over(fds, request)
-        sys.stderr.write(f"T {time.time()%100:.3f} fork\n"); 
         sys.argv = [str(ROOT / "flows" / "run.py"), *request["argv"]]
         parsed = None
         if request.get("unparsed"):
@@ -504,9 +503,7 @@ def _become_the_call(conn: socket.socket, fds: list[int], request: dict[str, Any
                 conn.sendall(b"started\n")
                 code = parsed
                 return
-        sys.stderr.write(f"T {time.time()%100:.3f} admitted\n"); 
         _refresh_prefect()
-        sys.stderr.write(f"T {time.time()%100:.3f} refreshed\n"); 
         conn.sendall(b"started\n")
         _watch_caller(conn)
         _watch_private_memory()
@@ -557,7 +554,6 @@ def _end_fork(conn: socket.socket, code: int, began: float, *, died_by: int = 0,
     # watcher's interrupt must not unwind this fork into the runner's own stack.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if answer_first:
-        sys.stderr.write(f"T {time.time()%100:.3f} answer\n"); 
         _answer(conn, code, let_go=True)
     import atexit
 
