@@ -58,8 +58,12 @@ class StagingArea:
         return confine(self.root, name)
 
     @contextmanager
-    def atomic_writer(self, name: str) -> Iterator[BinaryIO]:
-        """Yield a file; on clean exit it is fsynced and renamed to ``name``, else removed."""
+    def atomic_writer(self, name: str, *, durable: bool = True) -> Iterator[BinaryIO]:
+        """Yield a file; on clean exit it is fsynced and renamed to ``name``, else removed.
+
+        ``durable=False`` skips the fsyncs, for a file whose consumer makes it durable itself (EGA's
+        staged Crypt4GH file, fsynced by the vault move): after a crash it may hold anything, so only
+        the attempt that wrote it may use it (staged names are per attempt and swept)."""
         final = self.path(name)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.part")
@@ -67,10 +71,12 @@ class StagingArea:
         try:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
             fh.close()
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            if durable:
+                _fsync_dir(final.parent)
         except BaseException:
             fh.close()
             tmp.unlink(missing_ok=True)

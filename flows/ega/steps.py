@@ -156,7 +156,8 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial,
     progress = Progress(f"decrypt + re-encrypt {Path(located.path).name}", Path(located.path).stat().st_size)
     started = time.perf_counter()
     # Leaving the with kills a child still running before the writer removes its partial file.
-    with open(located.path, "rb") as raw, cfg.staging.atomic_writer(name) as out, \
+    # (not fsynced here: the vault makes what it stores durable, overlapped with its verifying read)
+    with open(located.path, "rb") as raw, cfg.staging.atomic_writer(name, durable=False) as out, \
             open_byte_pass(raw, out) as byte_pass:
         private_key = load_pgp_private_key(key.armored, key.passphrase)  # while the child imports
         # Refuse a reused session key before a single byte is decrypted.
@@ -203,13 +204,8 @@ def archive(cfg: EgaConfig, msg: EgaMessage, located: Located, staged: Staged,
     """Move the staged file into the vault (a rename on the vault's filesystem), read it back once against
     the sha256 the decrypt pass computed, then record what we know."""
     key = vault_key(msg, located)
-    put = cfg.vault.move_in(key, cfg.staging.path(staged.name), size=staged.size, sha256=staged.sha256)
+    put = cfg.vault.move_in_verified(key, cfg.staging.path(staged.name), size=staged.size, sha256=staged.sha256)
     archived_sha256 = staged.sha256
-    try:
-        cfg.vault.verify(key, size=staged.size, sha256=archived_sha256)
-    except BaseException:
-        cfg.vault.delete(key)
-        raise
     records.mark_archived(
         cfg.registry, located.file_id,
         upload_md5=staged.encrypted.get("md5"), upload_sha256=staged.encrypted.get("sha256"),

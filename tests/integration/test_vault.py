@@ -440,6 +440,48 @@ def test_move_in_checks_and_consumes_the_staged_file(backend, tmp_path: Path) ->
             vault.verify("ega/Y/obj.c4gh", size=len(data), sha256=sha)
 
 
+def test_move_in_verified_stores_only_what_reads_back_right(backend, tmp_path: Path) -> None:
+    """The EGA archive step's one call: the staged file becomes the object and is read back once; a
+    staged file that is not what the pass hashed never becomes an object (none is left under the key)."""
+    data = _payload(3 * MiB + 5, seed=11)
+    sha = hashlib.sha256(data).hexdigest()
+    staged = tmp_path / "staged.c4gh"
+    _, vault, _ = backend
+    staged.write_bytes(data)
+    put = vault.move_in_verified("ega/V/obj.c4gh", staged, size=len(data), sha256=sha)
+    assert put.checksums["sha256"] == sha and not staged.exists()
+    with vault.open_read("ega/V/obj.c4gh") as fh:
+        assert fh.read() == data
+    staged.write_bytes(data[:-1] + b"!")
+    with pytest.raises(VaultError):
+        vault.move_in_verified("ega/W/obj.c4gh", staged, size=len(data), sha256=sha)
+    assert not vault.exists("ega/W/obj.c4gh")
+    staged.write_bytes(data[:-1])
+    with pytest.raises(VaultError):
+        vault.move_in_verified("ega/W/obj.c4gh", staged, size=len(data), sha256=sha)
+    assert not vault.exists("ega/W/obj.c4gh")
+
+
+def test_move_in_verified_fsyncs_the_file_before_it_appears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the vault's filesystem the staged file (written without fsync) is fsynced, then renamed."""
+    from tasks import vault as vault_module
+    from tasks.vault import FilesystemVault
+
+    vault = FilesystemVault(tmp_path / "vault")
+    staged = tmp_path / "staging" / "x.c4gh"
+    staged.parent.mkdir()
+    staged.write_bytes(b"crypt4gh bytes")
+    inode = staged.stat().st_ino
+    order = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(vault_module.os, "fsync", lambda fd: order.append(("fsync", os.fstat(fd).st_ino))
+                        or real_fsync(fd))
+    monkeypatch.setattr(vault_module.os, "replace", lambda a, b: order.append(("rename", None)) or real_replace(a, b))
+    vault.move_in_verified("ega/E/x.c4gh", staged, size=14, sha256=hashlib.sha256(b"crypt4gh bytes").hexdigest())
+    assert order.index(("fsync", inode)) < order.index(("rename", None))
+    assert vault.path("ega/E/x.c4gh").stat().st_ino == inode and not staged.exists()
+
+
 def test_move_in_on_the_vault_filesystem_is_a_rename(tmp_path: Path) -> None:
     from tasks.vault import FilesystemVault
 
