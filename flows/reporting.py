@@ -225,7 +225,11 @@ PROGRESS_MIN_BYTES = 64 << 20  # below this a step takes well under a second: no
 
 
 class Progress:
-    """A progress artifact updated at most every ``interval`` seconds, for work large enough to watch."""
+    """A progress artifact updated at most every ``interval`` seconds, for work large enough to watch.
+
+    The artifact's create and updates are API requests (~10-30 ms each): they go to a thread of their
+    own (in the run's context), so the byte pass feeding ``advance`` never waits on them.
+    """
 
     def __init__(self, description: str, total: int, interval: float = 2.0,
                  min_total: int = PROGRESS_MIN_BYTES) -> None:
@@ -234,28 +238,49 @@ class Progress:
         self.done = 0
         self._last = 0.0
         self._id = None
+        self._poster: Any = None
         if _in_run() and total >= min_total:
-            try:
-                from prefect.artifacts import create_progress_artifact
+            import contextvars
+            from concurrent.futures import ThreadPoolExecutor
 
-                self._id = create_progress_artifact(progress=0.0, description=description)
-            except Exception as exc:
-                log.warning("no progress artifact: %s", exc)
+            self._context = contextvars.copy_context()
+            self._poster = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress-artifact")
+            self._last = time.monotonic()
+            self._poster.submit(self._context.run, self._create, description)
+
+    def _create(self, description: str) -> None:
+        try:
+            from prefect.artifacts import create_progress_artifact
+
+            self._id = create_progress_artifact(progress=0.0, description=description)
+        except Exception as exc:
+            log.warning("no progress artifact: %s", exc)
+
+    def _update(self, value: float) -> None:
+        if self._id is None:
+            return
+        try:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(artifact_id=self._id, progress=value)
+        except Exception as exc:
+            log.debug("progress update failed: %s", exc)
 
     def advance(self, n: int) -> None:
         self.done += n
         now = time.monotonic()
-        if self._id is not None and (now - self._last >= self.interval or self.done >= self.total):
+        if self._poster is not None and (now - self._last >= self.interval or self.done >= self.total):
             self._last = now
-            try:
-                from prefect.artifacts import update_progress_artifact
-
-                update_progress_artifact(artifact_id=self._id, progress=min(100.0, 100.0 * self.done / self.total))
-            except Exception as exc:
-                log.debug("progress update failed: %s", exc)
+            self._poster.submit(self._context.run, self._update, min(100.0, 100.0 * self.done / self.total))
 
     def finish(self) -> None:
+        """The work is done: its last update (100%) follows, after a CLI call's answer where it can."""
         self.advance(self.total - self.done if self.done < self.total else 0)
+        if self._poster is not None:
+            from tasks.after_answer import later
+
+            poster, self._poster = self._poster, None
+            later(lambda: poster.shutdown(wait=True))
 
 
 class ProgressReader:

@@ -160,6 +160,7 @@ def serve(request: dict[str, Any], channel: _Channel) -> dict[str, Any]:
     return {"encrypted": {"size": result.encrypted.size, "checksums": result.encrypted.checksums},
             "plaintext": {"size": result.plaintext.size, "checksums": result.plaintext.checksums},
             "output_size": result.output_size, "output_sha256": result.output_sha256,
+            "output_crc32c": result.output_crc32c,
             "session_key_sha256": result.session_key_sha256, "key_id": result.key_id, "cipher": result.cipher,
             "compression": result.compression, "literal_filename": result.literal_filename,
             "peak_rss_kib": peak_rss_kib()}

@@ -240,7 +240,8 @@ def decode_result(data: dict[str, Any]) -> ReencryptResult:
         plaintext=Digest(data["plaintext"]["size"], data["plaintext"]["checksums"]),
         output_size=data["output_size"], output_sha256=data["output_sha256"],
         session_key_sha256=data["session_key_sha256"], key_id=data["key_id"], cipher=data["cipher"],
-        compression=data["compression"], literal_filename=data["literal_filename"])
+        compression=data["compression"], literal_filename=data["literal_filename"],
+        output_crc32c=data.get("output_crc32c"))
 
 
 def decode_error(data: dict[str, Any]) -> BaseException:

@@ -192,15 +192,18 @@ class Vault(ABC):
         Path(path).unlink(missing_ok=True)
         return put
 
-    def move_in_verified(self, key: str, path: str | Path, *, size: int, sha256: str) -> PutResult:
-        """``move_in``, then the one verifying read against ``sha256``; a copy that fails it is deleted.
+    def move_in_verified(self, key: str, path: str | Path, *, size: int, sha256: str,
+                         crc32c: str | None = None) -> PutResult:
+        """``move_in``, then the one verifying read; a copy that fails it is deleted.
 
-        The staged file need not be durable yet: what is stored is made durable here, before this
-        returns (a filesystem vault fsyncs while it reads back, see ``FileVault``).
+        The read-back compares the CRC32C the decrypt pass computed of the bytes it wrote, when given
+        (the sha256 recorded is the pass's too; a read-back that matches the CRC is those bytes), else
+        the sha256. The staged file need not be durable yet: what is stored is made durable here, before
+        this returns (a filesystem vault fsyncs while it reads back, see ``FilesystemVault``).
         """
         put = self.move_in(key, path, size=size, sha256=sha256)
         try:
-            self.verify(key, size=size, sha256=sha256)
+            self.verify(key, size=size, **({"checksums": {"crc32c": crc32c}} if crc32c else {"sha256": sha256}))
         except BaseException:
             self.delete(key)
             raise
@@ -373,7 +376,8 @@ class FilesystemVault(Vault):
         _fsync_dir(path.parent)
         return PutResult(key, final.as_uri(), size, {"sha256": sha256})
 
-    def move_in_verified(self, key: str, path: str | Path, *, size: int, sha256: str) -> PutResult:
+    def move_in_verified(self, key: str, path: str | Path, *, size: int, sha256: str,
+                         crc32c: str | None = None) -> PutResult:
         """On the vault's filesystem: the staged file is read back and fsynced at once (the read is CPU,
         the fsync waits on the disk: ~0.3 s each for 512 MiB, overlapped), then renamed into place and
         both directories fsynced. Nothing appears under ``key`` before its bytes are durable and match."""
@@ -381,9 +385,10 @@ class FilesystemVault(Vault):
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         if os.stat(path).st_dev != os.stat(final.parent).st_dev:
-            return super().move_in_verified(key, path, size=size, sha256=sha256)
+            return super().move_in_verified(key, path, size=size, sha256=sha256, crc32c=crc32c)
         uri = final.as_uri()
-        hasher = MultiHasher(["sha256"])
+        algorithm, expected = ("crc32c", crc32c) if crc32c else ("sha256", sha256)
+        hasher = MultiHasher([algorithm])
         with open(path, "rb", buffering=0) as fh:
             stored = os.fstat(fh.fileno()).st_size
             if stored != size:
@@ -393,12 +398,12 @@ class FilesystemVault(Vault):
                 synced = pool.submit(os.fsync, fh.fileno())
                 _pump(fh, hasher, size_hint=size)
                 synced.result()
-        actual = hasher.hexdigests()["sha256"]
-        if hasher.size != size or actual != sha256:
-            raise VaultVerifyError(f"{uri}: staged copy reads back as {hasher.size} bytes, sha256 {actual}; "
-                                   f"expected {size} bytes, sha256 {sha256}", key=key, uri=uri,
-                                   expected={"size": size, "sha256": sha256},
-                                   actual={"size": hasher.size, "sha256": actual})
+        actual = hasher.hexdigests()[algorithm]
+        if hasher.size != size or actual != expected:
+            raise VaultVerifyError(f"{uri}: staged copy reads back as {hasher.size} bytes, {algorithm} {actual}; "
+                                   f"expected {size} bytes, {algorithm} {expected}", key=key, uri=uri,
+                                   expected={"size": size, algorithm: expected},
+                                   actual={"size": hasher.size, algorithm: actual})
         os.replace(path, final)
         _fsync_dir(final.parent)
         _fsync_dir(path.parent)

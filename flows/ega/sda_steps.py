@@ -133,7 +133,8 @@ def archive(cfg: EgaConfig, located: Located, staged: Staged, triggered_at: date
     """
     file_id = located.row["sda_file_id"]
     key = sda_records.vault_key(file_id)
-    put = cfg.vault.move_in_verified(key, cfg.staging.path(staged.name), size=staged.size, sha256=staged.sha256)
+    put = cfg.vault.move_in_verified(key, cfg.staging.path(staged.name), size=staged.size, sha256=staged.sha256,
+                                     crc32c=staged.crc32c)
     kept = sda_records.mark_awaiting_accession(
         cfg.registry, located.file_id, triggered_at,
         upload_md5=staged.encrypted.get("md5"), upload_sha256=staged.encrypted.get("sha256"),

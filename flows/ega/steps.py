@@ -52,6 +52,7 @@ class Staged:
     encrypted_size: int
     plaintext: dict[str, str]
     plaintext_size: int
+    crc32c: str | None = None  # of the staged file, from the pass: what the vault's read-back compares
 
 
 def ingest_key(msg: EgaMessage) -> str:
@@ -171,7 +172,8 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial,
     result = outcome.result
     progress.finish()
     staged = Staged(name, result.output_size, result.output_sha256, dict(result.encrypted.checksums),
-                    result.encrypted.size, dict(result.plaintext.checksums), result.plaintext.size)
+                    result.encrypted.size, dict(result.plaintext.checksums), result.plaintext.size,
+                    result.output_crc32c)
     try:
         algo, expected = located.upload.checksum_type, located.upload.checksum
         if staged.encrypted.get(algo) != expected:
@@ -204,7 +206,8 @@ def archive(cfg: EgaConfig, msg: EgaMessage, located: Located, staged: Staged,
     """Move the staged file into the vault (a rename on the vault's filesystem), read it back once against
     the sha256 the decrypt pass computed, then record what we know."""
     key = vault_key(msg, located)
-    put = cfg.vault.move_in_verified(key, cfg.staging.path(staged.name), size=staged.size, sha256=staged.sha256)
+    put = cfg.vault.move_in_verified(key, cfg.staging.path(staged.name), size=staged.size, sha256=staged.sha256,
+                                     crc32c=staged.crc32c)
     archived_sha256 = staged.sha256
     records.mark_archived(
         cfg.registry, located.file_id,

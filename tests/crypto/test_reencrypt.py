@@ -7,13 +7,17 @@ import threading
 from pathlib import Path
 
 import pytest
+from crypto_helpers import file_digest, sample
 
-from tasks.checksum import Digest
+from tasks.checksum import Digest, hash_file
 from tasks.crypto import ReencryptResult, reencrypt
 from tasks.errors import UserError
-from tasks.openpgp import ChunkStream, chunks_from_file, read_envelope, recipient_key_ids
-
-from crypto_helpers import file_digest, sample
+from tasks.openpgp import (
+    ChunkStream,
+    chunks_from_file,
+    read_envelope,
+    recipient_key_ids,
+)
 
 
 def pipeline_threads() -> list[str]:
@@ -33,6 +37,7 @@ def check_roundtrip(archive_keys, c4gh_decrypt, encrypted: Path, plain: Path, ou
                                                              "sha256": file_digest(plain, "sha256")})
     assert result.output_size == out.stat().st_size
     assert result.output_sha256 == file_digest(out, "sha256")
+    assert result.output_crc32c == hash_file(out, ("crc32c",)).checksums["crc32c"]  # (the vault's read-back)
     assert c4gh_decrypt(out) == file_digest(plain, "sha256")
     return result
 

@@ -12,12 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
+from crypto_helpers import PASSPHRASE, file_digest, sample
 
+from tasks.checksum import hash_file
 from tasks.crypto import reencrypt
 from tasks.errors import UserError
-from tasks.reencrypt_process import InProcessPass, PassOutcome, ReencryptProcess, child_env, open_byte_pass
-
-from crypto_helpers import PASSPHRASE, file_digest, sample
+from tasks.reencrypt_process import (
+    InProcessPass,
+    PassOutcome,
+    ReencryptProcess,
+    child_env,
+    open_byte_pass,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +72,7 @@ def test_same_result_as_the_in_process_pass(tmp_path, archive_keys, uploads, c4g
         assert getattr(child, field) == getattr(here, field), field
     assert child.encrypted.size == uploads[name].stat().st_size
     assert child.output_sha256 == file_digest(tmp_path / "child.c4gh", "sha256")  # Crypt4GH output is randomised
+    assert child.output_crc32c == hash_file(tmp_path / "child.c4gh", ("crc32c",)).checksums["crc32c"]
     assert c4gh_decrypt(tmp_path / "child.c4gh") == file_digest(uploads["plain"], "sha256")
     assert sum(progress) == uploads[name].stat().st_size  # every byte read reached the parent's progress
     assert 0 < outcome.peak_rss_mib < 64

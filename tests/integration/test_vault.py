@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tasks.checksum import hash_file
 from tasks.errors import UserError, is_user_error
 from tasks.vault import (
     S3_MIN_PART,
@@ -460,6 +461,14 @@ def test_move_in_verified_stores_only_what_reads_back_right(backend, tmp_path: P
     with pytest.raises(VaultError):
         vault.move_in_verified("ega/W/obj.c4gh", staged, size=len(data), sha256=sha)
     assert not vault.exists("ega/W/obj.c4gh")
+    # with the pass's CRC32C of what it wrote, the read-back compares that (the sha256 is recorded as given)
+    staged.write_bytes(data)
+    crc = hash_file(staged, ("crc32c",)).checksums["crc32c"]
+    assert vault.move_in_verified("ega/C/obj.c4gh", staged, size=len(data), sha256=sha, crc32c=crc).size == len(data)
+    staged.write_bytes(data[:-1] + b"!")
+    with pytest.raises(VaultError, match="crc32c|differs from the staged file"):  # (S3: the copy sees it)
+        vault.move_in_verified("ega/D/obj.c4gh", staged, size=len(data), sha256=sha, crc32c=crc)
+    assert not vault.exists("ega/D/obj.c4gh")
 
 
 def test_move_in_verified_fsyncs_the_file_before_it_appears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
