@@ -152,14 +152,15 @@ def reencrypt_to_staging(cfg: EgaConfig, located: Located, key: KeyMaterial,
     ``still_wanted`` is asked every few seconds during such a pass and raises to stop it (SDA's cancel)."""
     from tasks.keys import load_pgp_private_key
     from tasks.reencrypt_process import open_byte_pass
+    from tasks.staging import write_behind
 
     name = owned_name(DOMAIN, located.ingest_id, cfg.staging.new_name(".c4gh"))  # swept by the next attempt
     progress = Progress(f"decrypt + re-encrypt {Path(located.path).name}", Path(located.path).stat().st_size)
     started = time.perf_counter()
     # Leaving the with kills a child still running before the writer removes its partial file.
-    # (not fsynced here: the vault makes what it stores durable, overlapped with its verifying read)
+    # (not fsynced here: the vault makes what it stores durable; written out as it goes, that fsync is short)
     with open(located.path, "rb") as raw, cfg.staging.atomic_writer(name, durable=False) as out, \
-            open_byte_pass(raw, out) as byte_pass:
+            write_behind(out), open_byte_pass(raw, out) as byte_pass:
         private_key = load_pgp_private_key(key.armored, key.passphrase)  # while the child imports
         # Refuse a reused session key before a single byte is decrypted.
         outcome = byte_pass.run(private_key, cfg.vault_public_key,

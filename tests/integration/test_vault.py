@@ -530,3 +530,19 @@ def test_move_in_across_filesystems_copies_and_checks(tmp_path: Path) -> None:
         assert not vault.exists("ega/B/b.c4gh") and staged.exists()
     finally:
         subprocess.run(["umount", str(other)], check=False)
+
+
+def test_write_behind_writes_a_long_file_out_as_it_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EGA's staged file is not fsynced at its end (the vault's move does that): while it is written,
+    its pages are written out every interval, so that last fsync is short."""
+    from tasks import staging
+
+    synced = []
+    real = os.fdatasync
+    monkeypatch.setattr(staging.os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_size) or real(fd))
+    with open(tmp_path / "long.c4gh", "wb") as fh, staging.write_behind(fh, interval=0.05):
+        for _ in range(8):
+            fh.write(b"x" * MiB)
+            fh.flush()
+            time.sleep(0.06)
+    assert len(synced) >= 3 and synced == sorted(synced) and synced[-1] > synced[0]
