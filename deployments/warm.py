@@ -63,7 +63,8 @@ PRELOAD = ("prefect", "prefect.flows", "prefect.tasks", "prefect.flow_engine", "
            "fastapi", "fastapi.encoders", "crypt4gh.keys", "prefect.utilities.visualization",
            # what a deployed run's engine (a worker's launcher, deployments/warm_engine.py) imports
            "prefect.engine", "prefect._internal.control_listener", "prefect._internal.metrics",
-           "prefect.filesystems", "prefect.deployments.steps.core", "prefect.utilities.importtools")
+           "prefect.filesystems", "prefect.deployments.steps.core", "prefect.utilities.importtools",
+           "rich._emoji_codes")  # (what rich's console imports at a run's first log line: 10 ms)
 SKIP_PRELOAD = ("deployments.warm", "deployments.warm_engine", "deployments.worker")
 GRACE_SECONDS = 3.0
 LEARN_AFTER_IDLE_SECONDS = 3.0
@@ -372,7 +373,7 @@ def _report_new_imports(home: Path, before: set[str]) -> None:
     """From a finished call: the top-level-importable modules it loaded that the runner had not."""
     wanted, unsafe = _learned(home)
     new = sorted(name for name in set(sys.modules) - before - wanted
-                 if not name.startswith(("__", "_")) and "._" not in name and sys.modules.get(name) is not None
+                 if not name.startswith(("__", "_")) and sys.modules.get(name) is not None
                  and name.split(".")[0] not in unsafe | FORK_UNSAFE)
     if new:
         with open(learned_path(home), "a") as fh:
@@ -395,10 +396,33 @@ def _prepare_prefect() -> None:
     from tasks import prefect_client_reuse
 
     prefect_client_reuse.install(prebuild=True)  # every fork inherits the built TLS context
+    _complete_models()
     ctx = prefect.context.GLOBAL_SETTINGS_CONTEXT
     _PREPARED["env"] = _prefect_env(dict(os.environ))
     _PREPARED["context"] = prefect.context.SettingsContext(
         profile=ctx.profile, settings=ctx.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
+
+
+def _complete_models() -> int:
+    """Build every imported pydantic model's schema that import left pending (forward references):
+    pydantic builds them at a model's first use, ~75 ms of Prefect's models in each EGA call's fork,
+    thrown away with the fork. Built here, once, they are inherited."""
+    from pydantic import BaseModel
+
+    completed, seen, stack = 0, set(), list(BaseModel.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        if getattr(cls, "__pydantic_complete__", True):
+            continue
+        try:
+            completed += bool(cls.model_rebuild(raise_errors=False))
+        except Exception:  # noqa: BLE001 - a model that cannot be built yet is built at its first use, as before
+            pass
+    return completed
 
 
 def _serve_one(conn: socket.socket, listener: socket.socket,
