@@ -397,6 +397,10 @@ def _prepare_prefect() -> None:
 
     prefect_client_reuse.install(prebuild=True)  # every fork inherits the built TLS context
     _complete_models()
+    if _HOME:
+        from tasks.keys import unlock_home_key
+
+        unlock_home_key(_HOME[0] / "keys")  # as gpg-agent holds it for the shell tools
     ctx = prefect.context.GLOBAL_SETTINGS_CONTEXT
     _PREPARED["env"] = _prefect_env(dict(os.environ))
     _PREPARED["context"] = prefect.context.SettingsContext(

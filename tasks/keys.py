@@ -12,7 +12,9 @@ two concurrent ``init`` runs cannot replace each other's secret key.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,13 +103,47 @@ def ensure_pgp_keypair(keys_dir: str | Path, passphrase: str) -> tuple[Path, Pat
     return sec, pub
 
 
+UNLOCKED_KEYS_KEPT = 4
+_unlocked: dict[tuple[str, str], OpenPGPPrivateKey] = {}
+_unlocked_lock = threading.Lock()
+
+
 def load_pgp_private_key(armored: str | bytes, passphrase: str) -> OpenPGPPrivateKey:
-    """Parse an armored (or binary) private key and prove the passphrase unlocks it."""
+    """Parse an armored (or binary) private key and prove the passphrase unlocks it.
+
+    A process keeps the last few keys it unlocked, by the key's bytes and the passphrase's digest,
+    as gpg-agent keeps a passphrase: parsing and the S2K cost ~60 ms per call, which a 1 MiB ingest
+    otherwise pays every time. The warm runner unlocks the home's default key once, before forking
+    (``unlock_home_key``), so its calls find it. The same bytes with another passphrase are loaded
+    (and checked) afresh.
+    """
+    blob = armored.encode() if isinstance(armored, str) else bytes(armored)
+    memo = (hashlib.sha256(blob).hexdigest(), hashlib.sha256((passphrase or "").encode()).hexdigest())
+    with _unlocked_lock:
+        hit = _unlocked.get(memo)
+    if hit is not None:
+        return hit
     with quiet_pgpy():
         import pgpy
 
         key, _ = pgpy.PGPKey.from_blob(armored)
-        return OpenPGPPrivateKey(key, passphrase)
+        loaded = OpenPGPPrivateKey(key, passphrase)
+    with _unlocked_lock:
+        _unlocked[memo] = loaded
+        while len(_unlocked) > UNLOCKED_KEYS_KEPT:
+            _unlocked.pop(next(iter(_unlocked)))
+    return loaded
+
+
+def unlock_home_key(keys_dir: str | Path) -> bool:
+    """Unlock the embedded default key (``ega.sec.asc`` with ``passphrase`` beside it, as ``init`` writes
+    them) into this process's keys; False when they are not there or do not unlock."""
+    keys_dir = Path(keys_dir)
+    try:
+        load_pgp_private_key((keys_dir / "ega.sec.asc").read_text(), (keys_dir / "passphrase").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def load_pgp_private_key_file(path: str | Path, passphrase: str) -> OpenPGPPrivateKey:

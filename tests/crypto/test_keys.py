@@ -87,9 +87,12 @@ def test_each_part_of_a_key_is_unlocked_once_when_first_needed(archive_keys, mon
     wrong passphrase is still found there), the certifying primary only when a file is addressed to it."""
     from tasks import openpgp
 
+    from tasks import keys
+
     derivations = []
     real = openpgp._derive_s2k
     monkeypatch.setattr(openpgp, "_derive_s2k", lambda s2k, pw: derivations.append(1) or real(s2k, pw))
+    monkeypatch.setattr(keys, "_unlocked", {})  # (this process's unlocked keys: none yet)
     key = load_pgp_private_key(archive_keys.pgp_sec.read_text(), PASSPHRASE)
     assert len(derivations) == 1
     (sub_id, sub), = key.pgpy_key.subkeys.items()
@@ -100,3 +103,28 @@ def test_each_part_of_a_key_is_unlocked_once_when_first_needed(archive_keys, mon
     to_primary = openpgp.Recipient(primary.fingerprint.keyid.upper(), 1, _rsa_pkesk(primary, 9, session))
     assert key.decrypt_session_key(to_primary).key == session and len(derivations) == 2
     assert key.decrypt_session_key(to_primary).key == session and len(derivations) == 2  # once only
+
+
+def test_a_process_keeps_the_keys_it_unlocked(archive_keys, tmp_path, monkeypatch):
+    """As gpg-agent keeps a passphrase: the same key bytes and passphrase are not parsed and unlocked
+    again (~60 ms a call); another passphrase is checked afresh; the warm runner unlocks the home's key."""
+    from tasks import keys, openpgp
+
+    derivations = []
+    real = openpgp._derive_s2k
+    monkeypatch.setattr(openpgp, "_derive_s2k", lambda s2k, pw: derivations.append(1) or real(s2k, pw))
+    monkeypatch.setattr(keys, "_unlocked", {})
+    armored = archive_keys.pgp_sec.read_text()
+    first = load_pgp_private_key(armored, PASSPHRASE)
+    assert load_pgp_private_key(armored, PASSPHRASE) is first and len(derivations) == 1
+    with pytest.raises(ValueError, match="wrong passphrase"):
+        load_pgp_private_key(armored, PASSPHRASE + "x")
+    home_keys = tmp_path / "keys"
+    home_keys.mkdir()
+    assert not keys.unlock_home_key(home_keys)  # nothing there yet
+    shutil.copy(archive_keys.pgp_sec, home_keys / "ega.sec.asc")
+    (home_keys / "passphrase").write_text(PASSPHRASE + "\n")
+    monkeypatch.setattr(keys, "_unlocked", {})
+    assert keys.unlock_home_key(home_keys)
+    before = len(derivations)
+    assert load_pgp_private_key(armored, PASSPHRASE) is not first and len(derivations) == before
