@@ -6,6 +6,7 @@ local broker with per-test exchange and queue names.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import tempfile
@@ -47,11 +48,23 @@ def _drop_database(name: str) -> None:
 # create_flow_run (SQLITE_BUSY_SNAPSHOT: a 503 the client retries after 2 s), which
 # stalls about every second flow run. Set before Prefect is imported: it reads its
 # settings once, and the API subprocess inherits them.
-if "INGEST_TEST_PREFECT_DB" not in os.environ:
+# One database per pytest process: xdist's workers inherit the controller's environment, and a worker
+# that finished first dropped the database (WITH FORCE) under the other worker's API.
+_DB_OWNER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+if os.environ.get("INGEST_TEST_PREFECT_DB_OWNER") != _DB_OWNER:
     os.environ["INGEST_TEST_PREFECT_DB"] = _create_database("prefect_test")
+    os.environ["INGEST_TEST_PREFECT_DB_OWNER"] = _DB_OWNER
     os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
         PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
         + "/" + os.environ["INGEST_TEST_PREFECT_DB"])
+
+    def _drop_at_exit(name: str = os.environ["INGEST_TEST_PREFECT_DB"]) -> None:
+        try:  # (xdist's controller creates one it never uses)
+            _drop_database(name)
+        except Exception:
+            pass
+
+    atexit.register(_drop_at_exit)
 
 
 def free_port() -> int:
