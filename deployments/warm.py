@@ -186,6 +186,13 @@ def serve(home: Path, socket_file: Path | None = None, parent: int | None = None
         try:
             if path.exists():
                 path.unlink()
+            if socket_file and parent and os.getppid() != parent:  # our worker was killed: its private
+                # directory goes with us (a live worker starts a fresh runner in it, and removes it itself)
+                path.with_suffix(".lock").unlink(missing_ok=True)
+                try:
+                    path.parent.rmdir()
+                except OSError:
+                    pass
         finally:
             listener.close()
     return 0

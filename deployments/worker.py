@@ -25,6 +25,8 @@ from deployments.warm_wire import ROOT
 
 STOP_SECONDS = 60.0  # the worker's graceful shutdown, then SIGKILL
 RESTARTS_PER_MINUTE = 3
+DIR_PREFIX = "ingest-worker-"  # the runner's private socket directory, under the temp directory
+ORPHAN_SECONDS = 600.0
 
 
 class WorkerWithRunner:
@@ -32,7 +34,7 @@ class WorkerWithRunner:
         self.home = home
         self.worker_args = worker_args
         self.warm = warm
-        self.dir = Path(tempfile.mkdtemp(prefix="ingest-worker-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
         self.socket = self.dir / "runner.sock"
         self.runner: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
@@ -106,5 +108,32 @@ class WorkerWithRunner:
             self.runner.wait()
 
 
+def sweep_stale_dirs(parent: Path | None = None) -> list[Path]:
+    """Remove the socket directories of worker commands that were SIGKILLed (a stopped one removes its
+    own): those whose runner lock nobody holds, or, without a lock, that are old and empty."""
+    import fcntl
+
+    removed = []
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
+        try:
+            if not path.is_dir() or path.stat().st_uid != os.getuid():
+                continue
+            lock = path / "runner.lock"
+            if lock.exists():
+                with open(lock, "a") as fh:
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live runner holds it
+            elif any(path.iterdir()) or time.time() - path.stat().st_mtime < ORPHAN_SECONDS:
+                continue  # a worker that is just starting, or something we do not know
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 def run_worker(home: Path, worker_args: list[str], warm: bool = True) -> int:
+    sweep_stale_dirs()
     return WorkerWithRunner(home, worker_args, warm).run()
