@@ -53,7 +53,8 @@ class _Crc:
         return f"{self.value & 0xFFFFFFFF:08x}"
 
 
-def _new(algorithm: str):
+def new_hasher(algorithm: str):
+    """One hashlib-shaped digest (``update``, ``hexdigest``), CRCs included."""
     if algorithm in ("crc32c", "crc32"):
         return _Crc(algorithm)
     if algorithm not in HEX_LENGTHS:
@@ -79,7 +80,7 @@ class MultiHasher:
         if not algos:
             raise ValueError("at least one algorithm is required")
         self.algorithms = algos
-        self._hashers = [_new(a) for a in algos]
+        self._hashers = [new_hasher(a) for a in algos]
         self.size = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> None:

@@ -305,6 +305,13 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def _rename_into(path: Path, final: Path) -> None:
+    """A staged file (already fsynced) becomes the object: an atomic rename, both directories fsynced."""
+    os.replace(path, final)
+    _fsync_dir(final.parent)
+    _fsync_dir(path.parent)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -371,9 +378,7 @@ class FilesystemVault(Vault):
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(path, final)
-        _fsync_dir(final.parent)
-        _fsync_dir(path.parent)
+        _rename_into(path, final)
         return PutResult(key, final.as_uri(), size, {"sha256": sha256})
 
     def move_in_verified(self, key: str, path: str | Path, *, size: int, sha256: str,
@@ -404,9 +409,7 @@ class FilesystemVault(Vault):
                                    f"expected {size} bytes, {algorithm} {expected}", key=key, uri=uri,
                                    expected={"size": size, algorithm: expected},
                                    actual={"size": hasher.size, algorithm: actual})
-        os.replace(path, final)
-        _fsync_dir(final.parent)
-        _fsync_dir(path.parent)
+        _rename_into(path, final)
         return PutResult(key, uri, size, {"sha256": sha256})
 
     def stat(self, key: str) -> int | None:
