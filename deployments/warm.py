@@ -282,9 +282,30 @@ class Calls:
                 continue
             # (a deployed run's fork kills itself on the hang-up; this is the backstop, after a second in
             # which a fork that answered its launcher finishes exiting)
-            if now - gone > (1.0 if kind == "engine" else GRACE_SECONDS + 1):
+            if now - gone > abandoned_after(kind, _comm(pid) == ANSWERED_COMM):
                 print(f"call pid {pid}: its caller went away {now - gone:.0f} s ago; ending it", flush=True)
                 _kill_group(pid)
+
+
+ANSWERED_COMM = "warm-answered"  # a CLI fork's name once its caller has its exit status
+ANSWERED_SECONDS = 60.0  # what such a fork gets for its after-answer work (report, logs, events)
+
+
+def abandoned_after(kind: str, answered: bool) -> float:
+    """Seconds after its caller hung up that a fork still running is killed. A CLI call's caller leaves
+    as soon as it has its answer, while the fork ships the run's report, logs and events: that fork is
+    not abandoned, and gets ANSWERED_SECONDS."""
+    if kind == "engine":
+        return 1.0
+    return ANSWERED_SECONDS if answered else GRACE_SECONDS + 1
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 def _kill_group(pid: int) -> None:
@@ -626,6 +647,11 @@ def _answer(conn: socket.socket, code: int, *, let_go: bool = False) -> None:
     except OSError:
         pass
     if let_go:
+        try:
+            with open("/proc/self/comm", "w") as fh:  # the runner's backstop leaves an answered call be
+                fh.write(ANSWERED_COMM)
+        except OSError:
+            pass
         try:
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
