@@ -100,6 +100,26 @@ def _run_done(stack: Stack, stable_id: str, count: int = 1):
     return runs if len(runs) >= count and all(r.state.is_final() for r in runs) else None
 
 
+def _hold_claim(stack: Stack, msg: dict):
+    """The object's advisory lock (tasks/claims) on a connection of the test's own."""
+    import psycopg
+
+    from flows.ega.messages import EgaMessage
+    from flows.ega.records import DOMAIN
+    from flows.ega.steps import ingest_key
+    from tasks.claims import lock_id
+
+    conn = psycopg.connect(stack.registry_dsn, autocommit=True)
+    key = ingest_key(EgaMessage.model_validate(msg))
+    assert conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id(DOMAIN, key),)).fetchone()[0]
+    return conn
+
+
+def _both_running(stack: Stack, flow_run_ids: list) -> bool:
+    with stack.client() as client:
+        return all(client.read_flow_run(i).state.is_running() for i in flow_run_ids)
+
+
 def _decrypt_task_runs(stack: Stack, flow_run_ids: list) -> list:
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -209,13 +229,22 @@ def test_same_message_twice_at_once_decrypts_once(ops: Ops) -> None:
     assert _logged(log, "→ joined flow run ", f"({runs[0].id}), attempt 1")
 
     # Two runs of the same upload at once (a CLI call beside a deployed run, a recovered run beside a
-    # resend): the claim makes the second wait and then report the first one's result.
+    # resend): the claim makes the second wait and then report the first one's result. A 64 MiB ingest
+    # now ends before the worker starts a second run, so the test holds the object's claim (as a third,
+    # live run would) until both racers are Running: they overlap by construction, not by timing.
     second_msg = _upload(stack, "heal-user", "race.bin", 64 << 20)
-    with stack.client() as client:
-        dep = client.read_deployment_by_name("ingest-ega-file/ega")
-        racers = [client.create_flow_run_from_deployment(
-            dep.id, parameters={"message": second_msg, "correlation_id": f"race-{i}"},
-            idempotency_key=f"race-{second_msg['stable_id']}-{i}") for i in range(2)]
+    holder = _hold_claim(stack, second_msg)
+    try:
+        with stack.client() as client:
+            dep = client.read_deployment_by_name("ingest-ega-file/ega")
+            racers = [client.create_flow_run_from_deployment(
+                dep.id, parameters={"message": second_msg, "correlation_id": f"race-{i}"},
+                idempotency_key=f"race-{second_msg['stable_id']}-{i}") for i in range(2)]
+        _wait(lambda: _both_running(stack, [r.id for r in racers]), 180, "both racing runs to start")
+        time.sleep(0.5)  # both are now at (or before) the claim; neither can pass it
+        assert _vault_and_temporaries(stack, second_msg["stable_id"])[0] == [], "a racer passed the claim"
+    finally:
+        holder.close()  # the server releases the advisory lock with the session, as for a dead run
     done = _wait(lambda: _run_done(stack, second_msg["stable_id"], 2), 300, "both racing runs to end")
     assert {r.state.type.value for r in done} == {"COMPLETED"}
     first, last = sorted(done, key=lambda r: r.start_time)
