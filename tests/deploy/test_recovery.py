@@ -22,6 +22,9 @@ from tests.deploy.test_operations import _channel, _flow_runs, _publish, _wait
 pytestmark = [pytest.mark.integration, pytest.mark.deploy]
 
 DECRYPT_TASK = "decrypt-reencrypt-stage"
+# An upload whose pass lasts long enough to be caught mid-decrypt (polled every 0.05 s) even on a fast,
+# idle machine: 96 MiB passed in ~0.35 s here, which left a kill or cancel little room.
+MID_PASS_UPLOAD = 192 << 20
 
 
 class Ops:
@@ -165,7 +168,7 @@ def _flow_run_process(worker, flow_run_id: str) -> psutil.Process | None:
 
 def test_sigkilled_ega_run_completes_unattended(ops: Ops) -> None:
     stack = ops.stack
-    msg = _upload(stack, "heal-user", "kill.bin", 96 << 20)
+    msg = _upload(stack, "heal-user", "kill.bin", MID_PASS_UPLOAD)
     _publish([msg], ops.files_q)
     run = _wait(lambda: (_runs(stack, msg["stable_id"]) or [None])[0], 60, "the listener to create the run", 0.2)
     staging = stack.ingest_home / "staging" / "ega"
@@ -327,7 +330,7 @@ def test_a_dead_worker_is_noticed_by_heartbeat_and_its_run_completes(ops: Ops) -
     stays Running until the zombie automation sees its heartbeats stop; then it is Crashed, re-run, done."""
     stack = ops.stack
     spare = stack.start("worker-zombie", sys.executable, "flows/run.py", "worker", "--pool", "ingest", "--limit", "4")
-    msg = _upload(stack, "heal-user", "zombie.bin", 96 << 20)
+    msg = _upload(stack, "heal-user", "zombie.bin", MID_PASS_UPLOAD)
     _publish([msg], ops.files_q)
     run = _wait(lambda: (_runs(stack, msg["stable_id"]) or [None])[0], 60, "the listener to create the run", 0.2)
     staging = stack.ingest_home / "staging" / "ega"

@@ -20,7 +20,13 @@ from deployments.warm_wire import SOURCE_DIRS
 from tests.conftest import AMQP_URL
 from tests.deploy.conftest import ROOT, Stack, stop
 from tests.deploy.test_operations import _channel, _wait
-from tests.deploy.test_recovery import _flow_run_process, _run_done, _runs, _upload
+from tests.deploy.test_recovery import (
+    MID_PASS_UPLOAD,
+    _flow_run_process,
+    _run_done,
+    _runs,
+    _upload,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy]
 
@@ -110,7 +116,7 @@ def test_a_deployed_run_completes_in_a_fork_of_the_warm_runner(stack: Stack, wor
 
 
 def test_a_sigkilled_fork_is_a_crashed_run_that_is_run_again(stack: Stack, worker) -> None:
-    msg = _upload(stack, "warm-user", "kill.bin", 96 << 20)
+    msg = _upload(stack, "warm-user", "kill.bin", MID_PASS_UPLOAD)
     run = _create_run(stack, msg, "warm-kill")
     victim = _wait(lambda: _mid_decrypt(stack, worker, str(run.id)), 240, "the run to be mid-decrypt", 0.05)
     runner = _runner(worker)
@@ -133,7 +139,7 @@ def test_a_sigkilled_fork_is_a_crashed_run_that_is_run_again(stack: Stack, worke
 def test_a_cancel_ends_the_fork(stack: Stack, worker) -> None:
     from prefect.states import Cancelling
 
-    msg = _upload(stack, "warm-user", "cancel.bin", 96 << 20)
+    msg = _upload(stack, "warm-user", "cancel.bin", MID_PASS_UPLOAD)
     run = _create_run(stack, msg, "warm-cancel")
     fork = _wait(lambda: _mid_decrypt(stack, worker, str(run.id)), 240, "the run to be mid-decrypt", 0.05)
     assert fork.ppid() == _runner(worker).pid
