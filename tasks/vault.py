@@ -179,18 +179,21 @@ class Vault(ABC):
             return self.put_stream(key, fh, size_hint=os.fstat(fh.fileno()).st_size, algorithms=algorithms,
                                    expect=expect)
 
-    def move_in(self, key: str, path: str | Path, *, size: int, sha256: str) -> PutResult:
+    def move_in(self, key: str, path: str | Path, *, size: int, sha256: str, crc32c: str | None = None) -> PutResult:
         """Put a staged file whose size and sha256 the caller already knows; the staged file is gone after.
 
-        Here: a copy that hashes as it goes and must match. A backend that can do better (a rename on
-        the same filesystem) overrides it. Either way the caller still verifies by reading back.
+        Here: a copy that hashes as it goes and must match: the CRC32C the decrypt pass computed of the
+        bytes it wrote, when given (~20 GB/s, where a second sha256 costs 0.35 CPU-s per 512 MiB), else
+        the sha256. A backend that can do better (a rename on the same filesystem) overrides it. Either
+        way the caller still verifies by reading back.
         """
-        put = self.put_file(key, path, algorithms=("sha256",), expect={"sha256": sha256})
+        algorithm, expected = ("crc32c", crc32c) if crc32c else ("sha256", sha256)
+        put = self.put_file(key, path, algorithms=(algorithm,), expect={algorithm: expected})
         if put.size != size:
             self.delete(key)
             raise VaultError(f"copy of {Path(path).name} into {put.uri} has {put.size} bytes, expected {size}")
         Path(path).unlink(missing_ok=True)
-        return put
+        return PutResult(put.key, put.uri, put.size, {**put.checksums, "sha256": sha256})
 
     def move_in_verified(self, key: str, path: str | Path, *, size: int, sha256: str,
                          crc32c: str | None = None) -> PutResult:
@@ -201,7 +204,7 @@ class Vault(ABC):
         the sha256. The staged file need not be durable yet: what is stored is made durable here, before
         this returns (a filesystem vault fsyncs while it reads back, see ``FilesystemVault``).
         """
-        put = self.move_in(key, path, size=size, sha256=sha256)
+        put = self.move_in(key, path, size=size, sha256=sha256, crc32c=crc32c)
         try:
             self.verify(key, size=size, **({"checksums": {"crc32c": crc32c}} if crc32c else {"sha256": sha256}))
         except BaseException:
@@ -362,14 +365,14 @@ class FilesystemVault(Vault):
             raise
         return PutResult(key, final.as_uri(), hasher.size, hasher.hexdigests())
 
-    def move_in(self, key: str, path: str | Path, *, size: int, sha256: str) -> PutResult:
+    def move_in(self, key: str, path: str | Path, *, size: int, sha256: str, crc32c: str | None = None) -> PutResult:
         """On the vault's filesystem a staged file becomes the object by rename: no second write or read of
         the bytes. The rename is atomic; the file and both directories are fsynced so it survives a crash."""
         path = Path(path)
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         if os.stat(path).st_dev != os.stat(final.parent).st_dev:
-            return super().move_in(key, path, size=size, sha256=sha256)
+            return super().move_in(key, path, size=size, sha256=sha256, crc32c=crc32c)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             stored = os.fstat(fd).st_size

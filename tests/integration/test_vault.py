@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+import tasks.vault as vault_module
 from tasks.checksum import hash_file
 from tasks.errors import UserError, is_user_error
 from tasks.vault import (
@@ -441,7 +442,8 @@ def test_move_in_checks_and_consumes_the_staged_file(backend, tmp_path: Path) ->
             vault.verify("ega/Y/obj.c4gh", size=len(data), sha256=sha)
 
 
-def test_move_in_verified_stores_only_what_reads_back_right(backend, tmp_path: Path) -> None:
+def test_move_in_verified_stores_only_what_reads_back_right(backend, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The EGA archive step's one call: the staged file becomes the object and is read back once; a
     staged file that is not what the pass hashed never becomes an object (none is left under the key)."""
     data = _payload(3 * MiB + 5, seed=11)
@@ -464,7 +466,13 @@ def test_move_in_verified_stores_only_what_reads_back_right(backend, tmp_path: P
     # with the pass's CRC32C of what it wrote, the read-back compares that (the sha256 is recorded as given)
     staged.write_bytes(data)
     crc = hash_file(staged, ("crc32c",)).checksums["crc32c"]
-    assert vault.move_in_verified("ega/C/obj.c4gh", staged, size=len(data), sha256=sha, crc32c=crc).size == len(data)
+    hashed: list[list[str]] = []
+    real = vault_module.MultiHasher
+    monkeypatch.setattr(vault_module, "MultiHasher", lambda algorithms: hashed.append(list(algorithms)) or real(algorithms))
+    put = vault.move_in_verified("ega/C/obj.c4gh", staged, size=len(data), sha256=sha, crc32c=crc)
+    assert put.size == len(data) and put.checksums["sha256"] == sha
+    assert hashed and all(a == ["crc32c"] for a in hashed), hashed  # no second sha256, in the copy or the read
+    monkeypatch.undo()
     staged.write_bytes(data[:-1] + b"!")
     with pytest.raises(VaultError, match="crc32c|differs from the staged file"):  # (S3: the copy sees it)
         vault.move_in_verified("ega/D/obj.c4gh", staged, size=len(data), sha256=sha, crc32c=crc)
