@@ -41,7 +41,7 @@ _QUEUE_DEPTH = 8
 RAW_BUFFERS = 4
 DECRYPTED_BUFFERS = 6
 OUTPUT_BUFFERS = 4
-BATCH_BUFFERS = 3  # only used when gpg's partial lengths cut the plaintext small
+BATCH_BUFFERS = 6  # small pieces gathered: a compressed upload's inflated plaintext, gpg's partial lengths
 
 
 @dataclass(frozen=True)
