@@ -115,8 +115,9 @@ class EgaSide:
         self.tools_vault.mkdir(parents=True, exist_ok=True)
         self.count = 0
 
-    def upload(self, size_mib: int) -> tuple[Path, dict]:
-        """A random file of ``size_mib`` encrypted to the archive key with gpg, and its message."""
+    def upload(self, size_mib: int, compress: str = "none") -> tuple[Path, dict]:
+        """A random file of ``size_mib`` encrypted to the archive key with gpg (``compress``: gpg's
+        ``--compress-algo``; its default for a file it cannot tell is compressed is ZLIB), and its message."""
         self.count += 1
         plain = self.work / "plain.bin"
         with open(plain, "wb") as fh:
@@ -124,7 +125,7 @@ class EgaSide:
                 fh.write(os.urandom(1 << 20))
         encrypted = self.inbox / f"upload{self.count}.bin.gpg"
         subprocess.run(f"gpg --homedir {self.gnupg} --batch --quiet --yes --trust-model always --cipher-algo "
-                       f"AES256 --compress-algo none --recipient-file {self.keys / 'ega.pub.asc'} "
+                       f"AES256 --compress-algo {compress} --recipient-file {self.keys / 'ega.pub.asc'} "
                        f"-o {encrypted} --encrypt {plain}", shell=True, check=True)
         message = {"user": "bench", "filepath": encrypted.name, "stable_id": f"EGAFB{os.getpid()}{self.count:05d}",
                    "encrypted_integrity": {"checksum": _file_hash(encrypted, "md5"), "algorithm": "md5"},
