@@ -802,16 +802,16 @@ def _inflate(chunks: Iterator[Chunk], algorithm: int) -> Iterator[Chunk]:
         for data, _ in chunks:
             view = memoryview(data)
             for start in range(0, len(view), _INFLATE_PIECE):
-                buf: Any = view[start:start + _INFLATE_PIECE]
-                while buf and not d.eof:  # bytes after the end of the deflate stream are ignored, as gpg does
+                piece: Any = view[start:start + _INFLATE_PIECE]
+                while piece and not d.eof:  # bytes after the end of the deflate stream are ignored, as gpg does
                     try:
-                        out = d.decompress(buf, _INFLATE_PIECE)
+                        out = d.decompress(piece, _INFLATE_PIECE)
                     except _INFLATE_ERRORS as exc:
                         raise UserError(f"corrupt {COMPRESSION_NAMES[algorithm]} compressed data: {exc}",
                                         code="corrupt_compression") from exc
                     if out:
                         yield out, None
-                    buf = d.unconsumed_tail
+                    piece = d.unconsumed_tail
         if not d.eof:
             try:
                 out = d.flush()
