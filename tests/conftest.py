@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -21,6 +22,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # (Guarded: `from tests.conftest import …` in a sub-conftest executes this module again.)
 if "INGEST_TEST_SESSION_HOME" not in os.environ:
     os.environ["INGEST_TEST_SESSION_HOME"] = os.environ["INGEST_HOME"] = tempfile.mkdtemp(prefix="ingest-session-")
+    # removed by the process that made it (xdist's controller, which outlives its workers): no leftover
+    atexit.register(shutil.rmtree, os.environ["INGEST_TEST_SESSION_HOME"], True)
 os.environ.setdefault("INGEST_RETRY_BASE_SECONDS", "0.05")
 
 PG_ADMIN_DSN = os.environ.get("INGEST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
