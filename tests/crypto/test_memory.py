@@ -8,18 +8,23 @@ from tasks.crypto import reencrypt
 from crypto_helpers import file_digest, sample
 
 
+def _reencrypt_traced(archive_keys, encrypted, out):
+    """The pass's result and its tracemalloc peak."""
+    tracemalloc.start()
+    try:
+        with open(encrypted, "rb") as src, open(out, "wb") as dst:
+            result = reencrypt(src, dst, archive_keys.private_key, archive_keys.vault_public_key)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_64_mib_reencrypt_keeps_tracemalloc_peak_small(tmp_path, archive_keys, gpg):
     plain = sample(tmp_path / "big.bin", 64 << 20)
     encrypted = gpg.encrypt(plain, tmp_path / "big.gpg", "--compress-algo", "none")
     expected = file_digest(plain, "sha256")
     plain.unlink()
-    tracemalloc.start()
-    try:
-        with open(encrypted, "rb") as src, open(tmp_path / "big.c4gh", "wb") as dst:
-            result = reencrypt(src, dst, archive_keys.private_key, archive_keys.vault_public_key)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    result, peak = _reencrypt_traced(archive_keys, encrypted, tmp_path / "big.c4gh")
     assert result.plaintext.checksums["sha256"] == expected
     assert peak < 32 << 20, f"tracemalloc peak {peak / 2**20:.1f} MiB"
 
@@ -35,12 +40,6 @@ def test_a_compressed_upload_keeps_tracemalloc_peak_small(tmp_path, archive_keys
     assert encrypted.stat().st_size < plain.stat().st_size // 4, "gpg did not compress the upload"
     expected = file_digest(plain, "sha256")
     plain.unlink()
-    tracemalloc.start()
-    try:
-        with open(encrypted, "rb") as src, open(tmp_path / "reads.c4gh", "wb") as dst:
-            result = reencrypt(src, dst, archive_keys.private_key, archive_keys.vault_public_key)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    result, peak = _reencrypt_traced(archive_keys, encrypted, tmp_path / "reads.c4gh")
     assert result.compression == "ZLIB" and result.plaintext.checksums["sha256"] == expected
     assert peak < 32 << 20, f"tracemalloc peak {peak / 2**20:.1f} MiB"
