@@ -205,7 +205,7 @@ def vault_key(msg: EgaMessage, located: Located) -> str:
 def archive(cfg: EgaConfig, msg: EgaMessage, located: Located, staged: Staged,
             correlation_id: str | None) -> dict[str, Any]:
     """Move the staged file into the vault (a rename on the vault's filesystem), read it back once against
-    the sha256 the decrypt pass computed, then record what we know."""
+    the CRC32C the decrypt pass computed of the bytes it wrote, then record what we know (its sha256)."""
     key = vault_key(msg, located)
     put = cfg.vault.move_in_verified(key, cfg.staging.path(staged.name), size=staged.size, sha256=staged.sha256,
                                      crc32c=staged.crc32c)
